@@ -1,0 +1,1 @@
+"""The SM1 FastAPI server."""
