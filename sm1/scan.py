@@ -6,9 +6,11 @@ Three definitions of one function:
   against (run it in float64).
 * `scan_chunked`: pure PyTorch, parallel over T, on any device. Inside chunks of `CHUNK` steps a
   Hillis-Steele scan over pairs (a, b) with the combine (a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2); across
-  chunks the same scan, recursively, on the chunk totals. Only products and sums of a_t <= 1 appear: no
-  division by a long product (the published cumprod/cumsum form underflows and lies), no exp of a
-  positive number (the closed form overflows for large dt), no log-space cancellation.
+  chunks the same scan, recursively, on the chunk totals. Products of a_t are carried as sums of
+  log a_t <= 0 over at most log2(T) levels: no division by a long product (the published cumprod/cumsum
+  form underflows and lies), no exp of a positive number (the closed form overflows for large dt), no
+  difference of two large cumulative sums (the log-space closed form loses digits), and no bias from
+  multiplying thousands of rounded a_t near 1 (which even the fp32 sequential loop suffers).
 * `scan_triton` (sm1/scan_triton.py): one fused sequential pass per channel on CUDA, chosen
   automatically by `scan` when Triton is present.
 
@@ -36,47 +38,47 @@ def scan_reference(log_a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor
     return out
 
 
-def _hillis_steele(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Inclusive scan along dim -2 of the pairs (a, b): returns (prod a[..s..t], h_t with h_{-1} = 0)."""
-    length = a.shape[-2]
+def _hillis_steele(log_a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Inclusive scan along dim -2 of the pairs (log_a, b): returns (sum log_a[..s..t], h_t from h = 0).
+
+    Products of a are carried as sums of log a: a = exp(-1e-4) rounded to fp32 is off by 6e-4 of its
+    distance to 1, and a product of thousands of them repeats that bias; a sum of logs does not.
+    """
+    length = log_a.shape[-2]
     k = 1
     while k < length:
-        # combine each step with the one k steps back: (a, b)_t <- (a_{t-k} a_t, a_t b_{t-k} + b_t)
-        a_head, b_head = a[..., :k, :], b[..., :k, :]
-        a_tail = a[..., k:, :] * a[..., :-k, :]
-        b_tail = torch.addcmul(b[..., k:, :], a[..., k:, :], b[..., :-k, :])
-        a = torch.cat([a_head, a_tail], dim=-2)
-        b = torch.cat([b_head, b_tail], dim=-2)
+        # combine each step with the one k steps back: (la, b)_t <- (la_{t-k} + la_t, exp(la_t) b_{t-k} + b_t)
+        b = torch.cat([b[..., :k, :], torch.addcmul(b[..., k:, :], log_a[..., k:, :].exp(), b[..., :-k, :])], dim=-2)
+        log_a = torch.cat([log_a[..., :k, :], log_a[..., k:, :] + log_a[..., :-k, :]], dim=-2)
         k *= 2
-    return a, b
+    return log_a, b
 
 
-def _scan_pairs(a: Tensor, b: Tensor) -> Tensor:
-    """The two-level scan of (B, T, D) multipliers a (0 <= a <= 1) and inputs b, from h_{-1} = 0."""
+def _scan_pairs(log_a: Tensor, b: Tensor) -> Tensor:
+    """The two-level scan of (B, T, D) log multipliers (log_a <= 0) and inputs b, from h_{-1} = 0."""
     bsz, length, dim = b.shape
     if length <= CHUNK:
-        return _hillis_steele(a, b)[1]
+        return _hillis_steele(log_a, b)[1]
     n_chunks = -(-length // CHUNK)
     pad = n_chunks * CHUNK - length
     if pad:
-        a = torch.nn.functional.pad(a, (0, 0, 0, pad), value=1.0)
+        log_a = torch.nn.functional.pad(log_a, (0, 0, 0, pad))
         b = torch.nn.functional.pad(b, (0, 0, 0, pad))
-    a = a.view(bsz, n_chunks, CHUNK, dim)
+    log_a = log_a.view(bsz, n_chunks, CHUNK, dim)
     b = b.view(bsz, n_chunks, CHUNK, dim)
-    a_prefix, h_local = _hillis_steele(a, b)  # (B, C, L, D): within-chunk products and states
+    la_prefix, h_local = _hillis_steele(log_a, b)  # (B, C, L, D): within-chunk log products and states
     # state at the end of each chunk: the same recurrence over chunk totals, one level up
-    h_end = _scan_pairs(a_prefix[:, :, -1], h_local[:, :, -1])  # (B, C, D)
+    h_end = _scan_pairs(la_prefix[:, :, -1], h_local[:, :, -1])  # (B, C, D)
     h_start = torch.cat([torch.zeros_like(h_end[:, :1]), h_end[:, :-1]], dim=1)  # state entering each chunk
-    h = torch.addcmul(h_local, a_prefix, h_start.unsqueeze(2))
+    h = torch.addcmul(h_local, la_prefix.exp(), h_start.unsqueeze(2))
     return h.view(bsz, n_chunks * CHUNK, dim)[:, :length]
 
 
 def scan_chunked(log_a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Pure-PyTorch parallel scan, no autograd of its own (see `scan`). Shapes as `scan_reference`."""
-    a = log_a.exp()
     if h0 is not None:
-        b = torch.cat([torch.addcmul(b[:, :1], a[:, :1], h0.unsqueeze(1)), b[:, 1:]], dim=1)
-    return _scan_pairs(a, b)
+        b = torch.cat([torch.addcmul(b[:, :1], log_a[:, :1].exp(), h0.unsqueeze(1)), b[:, 1:]], dim=1)
+    return _scan_pairs(log_a, b)
 
 
 def _forward_kernel(log_a: Tensor) -> type[_ScanFn]:
