@@ -38,15 +38,21 @@ class MidiLimits(BaseModel):
     max_beats: float = Field(100_000.0, gt=0, description="end of the last note, in beats")
 
 
-def read_midi(source: str | Path | bytes, limits: MidiLimits | None = None) -> list[NoteEvent]:
-    """Notes of a type 0/1/2 file (any PPQ, any tempo map) in beats, sorted by onset."""
-    return read_notes(source, limits).to_events()
+def read_midi(
+    source: str | Path | bytes, limits: MidiLimits | None = None, *, name: str | None = None
+) -> list[NoteEvent]:
+    """Notes of a type 0/1/2 file (any PPQ, any tempo map) in beats, sorted by onset.
+
+    `name` labels bytes in error messages (e.g. an upload's file name)."""
+    return read_notes(source, limits, name=name).to_events()
 
 
-def read_notes(source: str | Path | bytes, limits: MidiLimits | None = None) -> NoteArrays:
+def read_notes(
+    source: str | Path | bytes, limits: MidiLimits | None = None, *, name: str | None = None
+) -> NoteArrays:
     """As read_midi, as arrays (no object per note: what corpus building uses)."""
     limits = limits or MidiLimits()
-    name, data = _load_bytes(source, limits)
+    name, data = _load_bytes(source, limits, name)
     _check_header(name, data, limits)
     try:
         score = symusic.Score.from_midi(data)
@@ -84,12 +90,12 @@ def read_notes(source: str | Path | bytes, limits: MidiLimits | None = None) -> 
     return notes.sorted()
 
 
-def _load_bytes(source: str | Path | bytes, limits: MidiLimits) -> tuple[str, bytes]:
+def _load_bytes(source: str | Path | bytes, limits: MidiLimits, name: str | None) -> tuple[str, bytes]:
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
-        name = "<bytes>"
+        name = name or "<bytes>"
     else:
-        name = str(source)
+        name = name or str(source)
         path = Path(source)
         try:
             size = path.stat().st_size
@@ -120,6 +126,15 @@ def _check_header(name: str, data: bytes, limits: MidiLimits) -> None:
         raise MidiError(name, "SMPTE time division is not supported (no beats to read)")
     if division == 0:
         raise MidiError(name, "corrupt MIDI header (0 ticks per quarter note)")
+    found, pos = 0, 8 + length
+    while pos + 8 <= len(data) and found < ntracks:  # walk the chunk headers: a cut file ends mid-chunk
+        kind, size = data[pos : pos + 4], struct.unpack(">I", data[pos + 4 : pos + 8])[0]
+        if pos + 8 + size > len(data):
+            raise MidiError(name, f"truncated: chunk {found + 1} claims {size} bytes, {len(data) - pos - 8} remain")
+        found += kind == b"MTrk"
+        pos += 8 + size
+    if found < ntracks:
+        raise MidiError(name, f"truncated: the header declares {ntracks} tracks, the file holds {found}")
 
 
 def _first_line(e: Exception) -> str:
