@@ -47,9 +47,7 @@ def read_midi(
     return read_notes(source, limits, name=name).to_events()
 
 
-def read_notes(
-    source: str | Path | bytes, limits: MidiLimits | None = None, *, name: str | None = None
-) -> NoteArrays:
+def read_notes(source: str | Path | bytes, limits: MidiLimits | None = None, *, name: str | None = None) -> NoteArrays:
     """As read_midi, as arrays (no object per note: what corpus building uses)."""
     limits = limits or MidiLimits()
     name, data = _load_bytes(source, limits, name)
@@ -147,7 +145,8 @@ PPQ = 480
 
 def write_midi(events: list[NoteEvent], tempo_bpm: float = 120.0) -> bytes:
     """A type 1 .mid: a tempo track, then one track per channel with its program. A note that restarts
-    a pitch still sounding on its channel ends the earlier one there (what a synthesizer would do)."""
+    a pitch still sounding on its channel ends the earlier one there (what a synthesizer would do); the
+    same pitch struck twice at the same time on one channel is written once."""
     if not 1.0 <= tempo_bpm <= 1000.0:
         raise ValueError(f"tempo_bpm must be in 1..1000, got {tempo_bpm}")
     mid = mido.MidiFile(type=1, ticks_per_beat=PPQ)
@@ -175,6 +174,8 @@ def _channel_track(channel: int, events: list[NoteEvent]) -> mido.MidiTrack:
             program = ev.program
             timeline.append((on, 1, mido.Message("program_change", channel=channel, program=program)))
         earlier = sounding.get(ev.pitch)
+        if earlier is not None and timeline[earlier - 1][0] == on:
+            continue  # the same pitch struck twice at once on one channel sounds once
         if earlier is not None and timeline[earlier][0] > on:
             timeline[earlier] = (on, 0, timeline[earlier][2])
         timeline.append((on, 2, mido.Message("note_on", channel=channel, note=ev.pitch, velocity=ev.velocity)))
