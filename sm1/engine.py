@@ -1,0 +1,510 @@
+"""Batched generation over a pool of session slots: the one engine behind REST, WebSocket and the CLI.
+
+The pool (one SM1State with a row per slot, plus a row of next-token logits per slot) is allocated once.
+A session owns a slot, a sampler (params, generator) and a streaming decoder. `tick` runs, for every
+session that wants a token, ONE batched `model.step` that reads and writes the sessions' rows in place;
+before it, a capped amount of prompt/input prefill goes through the parallel `forward` in chunks, so a long
+prompt never stalls the others. On CUDA the step is captured in a CUDA graph per batch-size bucket.
+
+A session's whole condition (state row, last logits, generator, decoder clock and open note, params,
+unread input) is a `_Mark`: snapshot, restore, fork and reset are all "capture a mark / apply a mark".
+
+An Engine is not thread-safe: the server calls it from one worker thread only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sm1.events import NoteEvent
+from sm1.model import SM1
+from sm1.sampling import SamplingParams, SessionSampler, VocabMasks, sample
+from sm1.state import SM1State, StateFormatError, config_fingerprint, state_floats
+from sm1.tokenizer import StreamDecoder, Tokenizer
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_MAGIC = b"SM1SNAP\x00"
+SNAPSHOT_VERSION = 1
+_SNAPSHOT_HEAD = struct.Struct("<8sHI")  # magic, version, length of the JSON header
+_CRC = struct.Struct("<I")
+
+
+class EngineFull(RuntimeError):
+    """Every slot of the pool is taken."""
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be restored here: damaged, another version, or made by another checkpoint."""
+
+
+@dataclass(eq=False)  # identity: a session is itself, whatever its fields hold
+class EngineSession:
+    """One stream's slot and the pure-Python state that goes with it."""
+
+    slot: int | None
+    sampler: SessionSampler
+    decoder: StreamDecoder
+    pending: deque[int] = field(default_factory=deque)  # input the model has not read yet (prompt, notes)
+    token_index: int = 0  # tokens sampled so far
+    start_beat: float = 0.0  # the clock where generation began (end of the prompt)
+    initial: _Mark | None = None  # where `reset` goes back to
+
+    @property
+    def beat(self) -> float:
+        """How far the stream has been written, in beats (the generated horizon)."""
+        return self.decoder.beat
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.sampler.params
+
+
+@dataclass
+class _Mark:
+    """Everything needed to put a session back exactly where it was."""
+
+    state: SM1State  # one row
+    logits: Tensor  # (V,) float32
+    sampler: dict[str, Any]
+    decoder: dict[str, Any]
+    pending: list[int]
+    token_index: int
+    start_beat: float
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one tick produced for one session."""
+
+    session: EngineSession
+    token: int
+    events: list[NoteEvent]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A finished clip: its notes (beats on the piece's clock), the seed that made it, tokens sampled."""
+
+    events: list[NoteEvent]
+    seed: int
+    tokens: int
+    start_beat: float
+
+
+@dataclass(frozen=True)
+class ClipLength:
+    """When a whole clip is done: after `beats` of music or `tokens` tokens (max_tokens bounds both)."""
+
+    beats: float | None = None
+    tokens: int | None = None
+    max_tokens: int = 8192  # a model that never moves time on still stops
+
+    def done(self, s: EngineSession) -> bool:
+        if s.pending:
+            return False
+        if self.tokens is not None and s.token_index >= self.tokens:
+            return True
+        if self.beats is not None and s.beat - s.start_beat >= self.beats:
+            return True
+        return s.token_index >= self.max_tokens
+
+    def keep(self, s: EngineSession, ev: NoteEvent) -> bool:
+        return self.beats is None or ev.beat < s.start_beat + self.beats
+
+
+@dataclass
+class Pacing:
+    """Keeps a stream's written horizon `lookahead_beats` ahead of its playback position, and no further.
+
+    The playback position runs at `tempo_bpm` from an anchor (start, resume, or the client's own clock
+    report); `realtime=False` means as fast as possible. Times are monotonic seconds.
+    """
+
+    tempo_bpm: float = 120.0
+    lookahead_beats: float = 2.0
+    realtime: bool = True
+    anchor_beat: float = 0.0
+    anchor_time: float = 0.0
+    paused: bool = False
+
+    def anchor(self, beat: float, now: float) -> None:
+        self.anchor_beat, self.anchor_time = beat, now
+
+    def position(self, now: float) -> float:
+        """Playback position in beats."""
+        if self.paused:
+            return self.anchor_beat
+        return self.anchor_beat + (now - self.anchor_time) * self.tempo_bpm / 60.0
+
+    def pause(self, now: float) -> None:
+        if not self.paused:
+            self.anchor(self.position(now), now)
+            self.paused = True
+
+    def resume(self, now: float) -> None:
+        if self.paused:
+            self.anchor(self.anchor_beat, now)
+            self.paused = False
+
+    def set_tempo(self, tempo_bpm: float, now: float) -> None:
+        self.anchor(self.position(now), now)
+        self.tempo_bpm = tempo_bpm
+
+    def wants_tokens(self, horizon: float, now: float) -> bool:
+        if self.paused:
+            return False
+        return not self.realtime or horizon < self.position(now) + self.lookahead_beats
+
+    def seconds_until_wanted(self, horizon: float, now: float) -> float | None:
+        """How long until `wants_tokens` turns true with no new input (None: not by the clock alone)."""
+        if self.paused or not self.realtime:
+            return None
+        return max(0.0, (horizon - self.lookahead_beats - self.position(now)) * 60.0 / self.tempo_bpm)
+
+    def deadline(self, beat: float) -> float:
+        """When a note at `beat` should leave the server: its due time minus the lookahead, but never
+        before the anchor (a burst after start, resume or a jump of the clock is not lateness)."""
+        due = self.anchor_time + (beat - self.lookahead_beats - self.anchor_beat) * 60.0 / self.tempo_bpm
+        return max(due, self.anchor_time)
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "tempo_bpm": self.tempo_bpm,
+            "lookahead_beats": self.lookahead_beats,
+            "realtime": self.realtime,
+            "beat": self.position(now),
+            "paused": self.paused,
+        }
+
+
+class BatchedStep:
+    """`model.step` on rows `slots` of the pool; on CUDA, replayed from one CUDA graph per batch bucket.
+
+    Buckets are powers of two; padding rows point at a scratch slot (the pool's last row), so the graph
+    reads and writes the pool in place and no state is copied in or out of graph buffers.
+    """
+
+    def __init__(self, model: SM1, pool: SM1State, scratch_slot: int, use_graphs: bool) -> None:
+        self.model, self.pool, self.scratch = model, pool, scratch_slot
+        self.device = pool.ssm.device
+        self.use_graphs = use_graphs and self.device.type == "cuda"
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+        self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    def __call__(self, tokens: Tensor, slots: Tensor) -> Tensor:
+        """tokens, slots (B,) int64 on the device -> logits (B, V)."""
+        if not self.use_graphs:
+            return self.model.step(tokens, self.pool, slots=slots)
+        B = tokens.shape[0]
+        bucket = 1 << (B - 1).bit_length()
+        if bucket not in self._graphs:
+            try:
+                self._graphs[bucket] = self._capture(bucket)
+            except Exception as e:  # a model that cannot be captured still serves, eagerly
+                log.warning("CUDA graph capture failed at batch %d (%s): running the step eagerly", bucket, e)
+                self.use_graphs = False
+                return self.model.step(tokens, self.pool, slots=slots)
+        graph, tok_buf, slot_buf, out = self._graphs[bucket]
+        tok_buf.fill_(0)
+        slot_buf.fill_(self.scratch)
+        tok_buf[:B].copy_(tokens)
+        slot_buf[:B].copy_(slots)
+        graph.replay()
+        return out[:B]
+
+    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
+        tok_buf = torch.zeros(bucket, dtype=torch.long, device=self.device)
+        slot_buf = torch.full((bucket,), self.scratch, dtype=torch.long, device=self.device)
+        saved = self.pool.select([self.scratch])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up touches only the scratch slot
+            for _ in range(2):
+                self.model.step(tok_buf, self.pool, slots=slot_buf)
+        torch.cuda.current_stream().wait_stream(side)
+        self.pool.assign([self.scratch], saved)
+        eager = self.model.step(tok_buf, self.pool, slots=slot_buf)
+        self.pool.assign([self.scratch], saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._mempool):
+            out = self.model.step(tok_buf, self.pool, slots=slot_buf)
+        graph.replay()
+        self.pool.assign([self.scratch], saved)
+        if not torch.allclose(out, eager, rtol=1e-3, atol=1e-4):
+            raise RuntimeError("the captured step does not reproduce the eager step")
+        return graph, tok_buf, slot_buf, out
+
+
+class Engine:
+    def __init__(
+        self,
+        model: SM1,
+        tokenizer: Tokenizer,
+        capacity: int,
+        *,
+        prefill_chunk: int = 256,
+        prefill_budget: int = 512,
+        cuda_graphs: bool = True,
+    ) -> None:
+        if not isinstance(model, SM1):
+            raise TypeError(f"the engine serves SM1 models (slot-pool step), not {type(model).__name__}")
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.model, self.tokenizer, self.config = model, tokenizer, model.config
+        self.capacity = capacity
+        self.prefill_chunk, self.prefill_budget = prefill_chunk, prefill_budget
+        self.device = model.embedding.weight.device
+        self.pool = model.allocate_state(capacity + 1, device=self.device)  # last row: padding scratch
+        self.logits = torch.zeros(capacity + 1, tokenizer.vocab_size, device=self.device)  # (S+1, V)
+        self._free = list(range(capacity - 1, -1, -1))
+        self._prefilling: dict[EngineSession, None] = {}  # insertion order = round robin
+        self.masks = VocabMasks(tokenizer, self.device)
+        self._step = BatchedStep(model, self.pool, capacity, cuda_graphs)
+        self.model_id = weights_digest(model)
+        self.state_floats = state_floats(self.config)
+        self.state_bytes = self.pool.select([0]).nbytes()
+
+    # ---- slots ------------------------------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return self.capacity - len(self._free)
+
+    @property
+    def has_pending_input(self) -> bool:
+        return bool(self._prefilling)
+
+    def admit(self, prompt: list[int] | None, params: SamplingParams) -> EngineSession:
+        """A new session in a free slot; `prompt` (token ids, bos first; None = an empty piece) is prefilled
+        over the next ticks."""
+        s = self._new_session(params)
+        self._zero(s.slot)
+        self.feed(s, prompt if prompt else [self.tokenizer.bos_id])
+        s.start_beat = s.beat
+        s.initial = self._capture(s)
+        return s
+
+    def feed(self, s: EngineSession, tokens: list[int]) -> None:
+        """Input the model must read before it samples again (a prompt, or a person's notes as tokens)."""
+        for t in tokens:
+            s.decoder.feed(t)
+            s.sampler.follow(t)
+        s.pending.extend(tokens)
+        if s.pending:
+            self._prefilling[s] = None
+
+    def feed_notes(self, s: EngineSession, events: list[NoteEvent]) -> int:
+        """A person's notes (beats on the stream's clock), fed after what the stream wrote; returns #tokens."""
+        tokens = self.tokenizer.encode_live(events, s.decoder)
+        self.feed(s, tokens)
+        return len(tokens)
+
+    def release(self, s: EngineSession) -> None:
+        if s.slot is None:
+            return
+        self._prefilling.pop(s, None)
+        self._free.append(s.slot)
+        s.slot = None
+
+    def set_params(self, s: EngineSession, params: SamplingParams, reseed: bool) -> None:
+        s.sampler.set_params(params, reseed)
+
+    def reset(self, s: EngineSession) -> None:
+        """Back to where the session began (after its prompt, or where it was restored or forked)."""
+        self._apply(s, s.initial)
+
+    def fork(self, s: EngineSession, seed: int | None = None) -> EngineSession:
+        """An independent copy in another slot; same future unless a new `seed` is given."""
+        child = self._new_session(s.params)
+        self._apply(child, self._capture(s))
+        if seed is not None:
+            child.sampler.set_params(child.params.updated({"seed": seed}), reseed=True)
+        child.initial = self._capture(child)
+        return child
+
+    def snapshot(self, s: EngineSession, extra: dict[str, Any] | None = None) -> bytes:
+        """Opaque, versioned bytes: state row, last logits, generator, decoder, params, unread input, and
+        the caller's `extra` (JSON-able). Restores on any server running the same checkpoint."""
+        m = self._capture(s)
+        sampler = dict(m.sampler)
+        generator = sampler.pop("generator")
+        sections = [m.state.to_bytes(self.config), m.logits.cpu().numpy().tobytes(), generator]
+        header = {
+            "format": "sm1-snapshot",
+            "model": self.model_id,
+            "config": config_fingerprint(self.config),
+            "vocab": self.tokenizer.fingerprint,
+            "sampler": sampler,
+            "decoder": m.decoder,
+            "pending": m.pending,
+            "token_index": m.token_index,
+            "start_beat": m.start_beat,
+            "extra": extra or {},
+            "sections": [len(b) for b in sections],
+        }
+        head = json.dumps(header).encode()
+        body = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(head)) + head + b"".join(sections)
+        return body + _CRC.pack(zlib.crc32(body))
+
+    def restore(self, data: bytes) -> tuple[EngineSession, dict[str, Any]]:
+        """A new session exactly where the snapshot was taken; returns it and the snapshot's `extra`."""
+        mark, extra = self._parse_snapshot(data)
+        s = self._new_session(SamplingParams())
+        try:
+            self._apply(s, mark)
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            self.release(s)
+            raise SnapshotError(f"snapshot is malformed: {e}") from e
+        s.initial = mark
+        return s, extra
+
+    # ---- generation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def tick(self, sessions: list[EngineSession]) -> list[Generated]:
+        """Some prefill, then one token for each of `sessions` that has read all its input."""
+        self._prefill(self.prefill_budget)
+        ready = [s for s in sessions if s.slot is not None and not s.pending]
+        if not ready:
+            return []
+        slots = torch.tensor([s.slot for s in ready], device=self.device)  # (B,)
+        tokens = sample(
+            self.logits.index_select(0, slots),
+            temperature=torch.tensor([s.params.temperature for s in ready], device=self.device),
+            top_k=torch.tensor([s.params.top_k for s in ready], device=self.device),
+            top_p=torch.tensor([s.params.top_p for s in ready], device=self.device),
+            uniforms=torch.tensor([s.sampler.uniform() for s in ready], dtype=torch.float64).to(self.device),
+            allowed=torch.stack([s.sampler.allowed(s.decoder) for s in ready]),
+        )
+        self.logits.index_copy_(0, slots, self._step(tokens, slots))
+        out = []
+        for s, t in zip(ready, tokens.tolist(), strict=True):
+            s.sampler.observe(t, s.decoder)
+            out.append(Generated(s, t, s.decoder.feed(t)))
+            s.token_index += 1
+        return out
+
+    def generate(self, prompt: list[int] | None, params: SamplingParams, length: ClipLength) -> Clip:
+        """A whole clip, alone, as fast as possible (the CLI's path; the server batches clips in its ticks)."""
+        s = self.admit(prompt, params)
+        try:
+            events: list[NoteEvent] = []
+            while not length.done(s):
+                events += [ev for g in self.tick([s]) for ev in g.events if length.keep(s, ev)]
+            return Clip(events, s.params.seed, s.token_index, s.start_beat)
+        finally:
+            self.release(s)
+
+    # ---- internals --------------------------------------------------------------------------------------
+    def _new_session(self, params: SamplingParams) -> EngineSession:
+        if not self._free:
+            raise EngineFull(f"all {self.capacity} session slots are in use")
+        return EngineSession(
+            slot=self._free.pop(), sampler=SessionSampler(params, self.masks), decoder=self.tokenizer.decoder()
+        )
+
+    def _zero(self, slot: int) -> None:
+        self.pool.ssm[:, slot].zero_()
+        self.pool.conv[:, slot].zero_()
+        self.logits[slot].zero_()
+
+    def _prefill(self, budget: int) -> None:
+        while self._prefilling and budget > 0:
+            s = next(iter(self._prefilling))
+            del self._prefilling[s]
+            n = min(len(s.pending), self.prefill_chunk, budget)
+            chunk = torch.tensor([[s.pending.popleft() for _ in range(n)]], device=self.device)  # (1, n)
+            logits, state = self.model(chunk, self.pool.select([s.slot]))
+            self.pool.assign([s.slot], state)
+            self.logits[s.slot] = logits[0, -1]
+            budget -= n
+            if s.pending:
+                self._prefilling[s] = None  # to the back of the queue
+
+    def _capture(self, s: EngineSession) -> _Mark:
+        return _Mark(
+            state=self.pool.select([s.slot]),
+            logits=self.logits[s.slot].clone(),
+            sampler=s.sampler.state_dict(),
+            decoder=s.decoder.state_dict(),
+            pending=list(s.pending),
+            token_index=s.token_index,
+            start_beat=s.start_beat,
+        )
+
+    def _apply(self, s: EngineSession, m: _Mark) -> None:
+        s.sampler.load_state_dict(m.sampler)
+        s.decoder.load_state_dict(m.decoder)
+        self.pool.assign([s.slot], m.state)
+        self.logits[s.slot] = m.logits.to(self.device)
+        s.pending = deque(m.pending)
+        s.token_index, s.start_beat = m.token_index, m.start_beat
+        self._prefilling.pop(s, None)
+        if s.pending:
+            self._prefilling[s] = None
+
+    def _parse_snapshot(self, data: bytes) -> tuple[_Mark, dict[str, Any]]:
+        if len(data) < _SNAPSHOT_HEAD.size + _CRC.size:
+            raise SnapshotError("snapshot is too short to be one")
+        body, (crc,) = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])
+        magic, version, head_len = _SNAPSHOT_HEAD.unpack_from(body)
+        if magic != SNAPSHOT_MAGIC:
+            raise SnapshotError("not an SM1 session snapshot (bad magic bytes)")
+        if version != SNAPSHOT_VERSION:
+            raise SnapshotError(f"snapshot version {version} is not supported (this server reads {SNAPSHOT_VERSION})")
+        if zlib.crc32(body) != crc:
+            raise SnapshotError("snapshot is damaged (checksum does not match)")
+        try:
+            h = json.loads(body[_SNAPSHOT_HEAD.size : _SNAPSHOT_HEAD.size + head_len])
+            sizes = [int(n) for n in h["sections"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise SnapshotError(f"snapshot header is unreadable: {e}") from e
+        if h.get("model") != self.model_id or h.get("vocab") != self.tokenizer.fingerprint:
+            raise SnapshotError("snapshot was made by another checkpoint; restore it on a server running that one")
+        payload = body[_SNAPSHOT_HEAD.size + head_len :]
+        if len(sizes) != 3 or sum(sizes) != len(payload):
+            raise SnapshotError("snapshot sections do not add up")
+        state_b, logits_b, generator = payload[: sizes[0]], payload[sizes[0] : -sizes[2]], payload[-sizes[2] :]
+        V = self.tokenizer.vocab_size
+        if len(logits_b) != 4 * V:
+            raise SnapshotError("snapshot logits do not fit this vocabulary")
+        try:
+            state = SM1State.from_bytes(state_b, self.config, device=self.device)
+        except StateFormatError as e:
+            raise SnapshotError(f"snapshot state: {e}") from e
+        if state.batch_size != 1:
+            raise SnapshotError("snapshot must hold exactly one session")
+        try:
+            mark = _Mark(
+                state=state,
+                logits=torch.frombuffer(bytearray(logits_b), dtype=torch.float32),
+                sampler={**h["sampler"], "generator": generator},
+                decoder=h["decoder"],
+                pending=[int(t) for t in h["pending"]],
+                token_index=int(h["token_index"]),
+                start_beat=float(h["start_beat"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SnapshotError(f"snapshot header is incomplete: {e}") from e
+        if any(not 0 <= t < V for t in mark.pending):
+            raise SnapshotError("snapshot holds token ids outside the vocabulary")
+        extra = h.get("extra")
+        return mark, extra if isinstance(extra, dict) else {}
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Names the weights (not the file): a snapshot restores only where the same weights run."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
