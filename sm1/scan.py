@@ -11,8 +11,8 @@ Three definitions of one function:
   form underflows and lies), no exp of a positive number (the closed form overflows for large dt), no
   difference of two large cumulative sums (the log-space closed form loses digits), and no bias from
   multiplying thousands of rounded a_t near 1 (which even the fp32 sequential loop suffers).
-* `scan_triton` (sm1/scan_triton.py): one fused sequential pass per channel on CUDA, chosen
-  automatically by `scan` when Triton is present.
+* `scan_triton` (sm1/scan_triton.py): chunked sequential passes in Triton kernels on CUDA, with a
+  fused backward, chosen automatically by `scan` when Triton is present.
 
 The backward of the recurrence is the same recurrence run in reverse (dh_t = g_t + a_{t+1} dh_{t+1}), so
 `scan` has a hand-written backward that calls the same forward scan on flipped inputs: as exact and as
@@ -121,11 +121,20 @@ class _ScanChunked(_ScanFn):
 
 
 class _ScanTriton(_ScanFn):
+    """The Triton kernels (CUDA), with their fused reverse-scan backward."""
+
     @staticmethod
     def kernel(log_a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         from sm1.scan_triton import scan_triton
 
         return scan_triton(log_a, b, h0)
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):  # type: ignore[override]
+        from sm1.scan_triton import scan_triton_backward
+
+        log_a, h, h0 = ctx.saved_tensors
+        return scan_triton_backward(log_a, h, h0, grad_h)
 
 
 def scan(log_a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:

@@ -86,24 +86,32 @@ def test_chunked_path_without_h0_matches_reference():
     assert rel_err(scan_chunked(log_a, b), scan_reference(log_a.double(), b.double())) <= TOL
 
 
-def test_triton_kernel_matches_reference_in_the_interpreter():
-    """The CUDA fast path, run by Triton's CPU interpreter: same function, same tolerance."""
+def test_triton_kernels_match_reference_in_the_interpreter():
+    """The CUDA fast path, forward and backward, run by Triton's CPU interpreter: same oracle, same bound."""
     pytest.importorskip("triton", reason="Triton is not installed on this platform")
     code = textwrap.dedent(
         """
         import torch
         from sm1.scan import scan_reference
-        from sm1.scan_triton import scan_triton
+        from sm1.scan_triton import scan_triton, scan_triton_backward
         from tests.model.test_scan import random_inputs, rel_err
-        for lo, hi in [(1e-4, 1e-4), (1e-4, 10.0), (10.0, 10.0)]:
-            for h0 in (True, False):
-                log_a, b, h = random_inputs(2, 97, 70, lo, hi, seed=5, with_h0=h0)
-                ref = scan_reference(log_a.double(), b.double(), None if h is None else h.double())
-                err = rel_err(scan_triton(log_a, b, h, block_d=32), ref)
-                assert err <= 1e-5, (lo, hi, h0, err)
+        # many chunks with a ragged last one, one chunk, the default; two channel blocks (70 > 64)
+        cases = [(1e-4, 1e-4, True, 4), (1e-4, 10.0, False, 16), (10.0, 10.0, True, None), (1e-4, 10.0, True, 4)]
+        for lo, hi, with_h0, chunk in cases:
+            la, b, h0 = random_inputs(2, 37, 70, lo, hi, seed=5, with_h0=with_h0)
+            ref_in = [la.double().requires_grad_(), b.double().requires_grad_()]
+            ref_in += [h0.double().requires_grad_()] if with_h0 else []
+            ref = scan_reference(*ref_in)
+            g = torch.randn(b.shape, generator=torch.Generator().manual_seed(9))
+            ref_grads = torch.autograd.grad(ref, ref_in, g.double())
+            h = scan_triton(la, b, h0, chunk=chunk)
+            assert rel_err(h, ref.detach()) <= 1e-5, ("forward", lo, hi, with_h0, chunk)
+            grads = scan_triton_backward(la, h, h0, g, chunk=chunk)
+            for got, want in zip(grads, ref_grads):
+                assert rel_err(got, want) <= 1e-5, ("backward", lo, hi, with_h0, chunk)
         print("ok")
         """
     )
     env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
