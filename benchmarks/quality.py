@@ -13,6 +13,9 @@ the same way:
 * unfinished: share of notes the model started (a Pitch token) but never completed with a Duration; the
   streaming decoder drops them, so they are heard as missing notes, never as hanging ones.
 
+Generation goes through `sm1.engine.Engine` with `sm1.sampling` (temperature only, no top-k/top-p), so
+the clips are what the server would play, note-grammar masks included.
+
     python benchmarks/quality.py --data data/shards --out runs/quality              # the shipped checkpoint
     python benchmarks/quality.py --checkpoint runs/sm1/best --prompts a.mid b.mid --temperatures 0.9 1.0
 
@@ -32,9 +35,11 @@ import numpy as np
 import torch
 
 from sm1.checkpoint import load
+from sm1.engine import Engine
 from sm1.events import NoteEvent
 from sm1.midi import MidiError, read_midi, write_midi
-from sm1.tokenizer import DRUM, PITCH, Tokenizer
+from sm1.sampling import SamplingParams
+from sm1.tokenizer import DRUM, PITCH
 
 SHARED_MIDI = Path(__file__).resolve().parents[2] / "shared" / "midi"
 DEFAULT_PROMPTS = ("aria_classical.mid", "aria_nocturne.mid", "Maestro_1.mid", "POP909_008.mid",
@@ -98,33 +103,23 @@ def split_piece(notes: list[NoteEvent], prompt_beats: float, beats: float):
 # ---------------------------------------------------------------------------------------------- generation
 
 
-def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
-    """Plain temperature sampling (the minimal sampler this benchmark needs; no top-k / top-p)."""
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 @torch.no_grad()
-def continue_piece(model, tok: Tokenizer, prompt: list[NoteEvent], until_beat: float, temperature: float,
-                   seed: int, max_tokens: int) -> tuple[list[NoteEvent], float]:  # fmt: skip
-    """Generate after `prompt` until the clock passes `until_beat`: (new notes, share of notes left unfinished)."""
-    ids = tok.encode(prompt)
-    dec = tok.decoder()
-    for i in ids:
-        dec.feed(i)
-    logits, state = model(torch.tensor([ids]))
-    logits = logits[0, -1]
-    generator = torch.Generator().manual_seed(seed)
+def continue_piece(engine: Engine, prompt: list[NoteEvent], until_beat: float, temperature: float, seed: int,
+                   max_tokens: int) -> tuple[list[NoteEvent], float]:  # fmt: skip
+    """Generate after `prompt` until the clock passes `until_beat`, through the engine the server uses.
+
+    Returns the new notes and the share of notes started (Pitch tokens) that were never completed.
+    """
+    tok = engine.tokenizer
+    s = engine.admit(tok.encode(prompt), SamplingParams(temperature=temperature, seed=seed))
     notes, started = [], 0
-    for _ in range(max_tokens):
-        if dec.beat >= until_beat:
-            break
-        token = sample(logits, temperature, generator)
-        if token == tok.eos_id:
-            break
-        started += int(tok.kind_of[token] in (PITCH, DRUM))
-        notes += dec.feed(token)
-        logits = model.step(torch.tensor([token]), state)[0]
+    try:
+        while s.pending or (s.beat < until_beat and s.token_index < max_tokens):
+            for g in engine.tick([s]):
+                started += int(tok.kind_of[g.token] in (PITCH, DRUM))
+                notes += g.events
+    finally:
+        engine.release(s)
     return notes, 1.0 - len(notes) / started if started else 0.0
 
 
@@ -176,7 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     ck = load(args.checkpoint)
-    tok = ck.tokenizer
+    engine = Engine(ck.model, ck.tokenizer, capacity=1, cuda_graphs=False)
     pieces = file_pieces(args.prompts)
     if args.data:
         pieces |= validation_pieces(args.data, args.val_pieces, args.prompt_beats + args.beats)
@@ -190,7 +185,7 @@ def main(argv=None) -> dict:
         clips.append({"piece": name, "source": "real", **clip_metrics(prompt, real, args.beats), "unfinished": 0.0})
         for temperature in args.temperatures:
             until = args.prompt_beats + args.beats
-            new, unfinished = continue_piece(ck.model, tok, prompt, until, temperature, args.seed, int(60 * until))
+            new, unfinished = continue_piece(engine, prompt, until, temperature, args.seed, int(60 * until))
             _, generated = split_piece(new, args.prompt_beats, args.beats)
             clips.append({"piece": name, "source": f"T={temperature:g}",
                           **clip_metrics(prompt, generated, args.beats), "unfinished": unfinished})  # fmt: skip
