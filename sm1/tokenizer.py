@@ -134,6 +134,7 @@ class Tokenizer:
         self.velocity_of = np.where(kind == VELOCITY, value, -1)
         self.program_of = np.where(kind == PROGRAM, np.where(value < 0, DRUMS_PROGRAM, value), -1)
         is_time = (kind == DURATION) | (kind == TIME_SHIFT)
+        self.ticks_of = np.where(is_time, value, -1)  # grid steps of Duration/TimeShift ids
         self.beats_of = np.where(is_time, value / self.ticks_per_beat, -1.0)
 
         # encoder tables: first id of each kind, value -> offset
@@ -251,7 +252,7 @@ class Tokenizer:
         drum = notes.drum[order]
         pitch_id = np.where(drum, self._first[DRUM] - dlo, self._first[PITCH] - plo) + notes.pitch[order]
         vel_id = self._first[VELOCITY] + _nearest(self.velocities, notes.velocity[order])
-        dur_id = self._first[DURATION] + _nearest(self.time_ticks, notes.duration[order] * tpb)
+        dur_id = self.duration_ids(notes.duration[order] * tpb)
         prog_id = np.where(prog < 0, self._first[PROGRAM] + 128, self._first[PROGRAM] + prog)
 
         ids: list[int] = []
@@ -266,7 +267,7 @@ class Tokenizer:
             strict=True,
         ):
             if t > tick:
-                ids += self._time_shift(t - tick)
+                ids += self.time_shift_ids(t - tick)
                 tick = t
             if p != current:
                 ids.append(pid)
@@ -274,8 +275,13 @@ class Tokenizer:
             ids += (nid, vid, did)
         return ids
 
-    def _time_shift(self, ticks: int) -> list[int]:
-        """Greedy: the largest shifts first; every tick count is reachable (the grid has 1 tick up to 4 beats)."""
+    def duration_ids(self, ticks: np.ndarray) -> np.ndarray:
+        """Duration ids of the nearest grid values (cut at the largest, at least the smallest)."""
+        return self._first[DURATION] + _nearest(self.time_ticks, ticks)
+
+    def time_shift_ids(self, ticks: int) -> list[int]:
+        """Shift tokens for `ticks` grid steps. Greedy, largest first; every count is reachable (the grid
+        has every step up to 4 beats)."""
         ids = [self._shift_ids[self._max_shift]] * (ticks // self._max_shift)
         rest = ticks % self._max_shift
         while rest:
