@@ -175,6 +175,29 @@ def bench_layer(d_model: int, bsz: int, length: int, device: str, reps: int) -> 
     return rows
 
 
+def sweep_triton(shape, device: str, reps: int) -> list[dict]:
+    """Forward+backward time of the Triton path over its launch parameters (to choose the defaults)."""
+    log_a, b = inputs(shape, 1e-3, 0.1, device)
+    grad = torch.randn_like(b)
+    defaults = (scan_triton.BLOCK_D, scan_triton.NUM_WARPS, scan_triton.TARGET_CHUNKS)
+    rows = []
+    for block, warps, chunks in [(32, 1, 16), (32, 1, 32), (64, 2, 16), (64, 2, 32), (64, 2, 64), (128, 4, 32),
+                                 (64, 1, 32), (128, 2, 32), (32, 1, 64), (64, 2, 128)]:  # fmt: skip
+        scan_triton.BLOCK_D, scan_triton.NUM_WARPS, scan_triton.TARGET_CHUNKS = block, warps, chunks
+
+        def fwd_bwd():
+            la, bb = log_a.detach().requires_grad_(), b.detach().requires_grad_()
+            return torch.autograd.grad(_ScanTriton.apply(la, bb, None), (la, bb), grad)
+
+        def fwd():
+            return scan_triton.scan_triton(log_a, b)
+
+        rows.append({"BLOCK_D": block, "num_warps": warps, "chunks": chunks,
+                     "fwd_ms": time_ms(fwd, device, reps), "fwd_bwd_ms": time_ms(fwd_bwd, device, reps)})  # fmt: skip
+    scan_triton.BLOCK_D, scan_triton.NUM_WARPS, scan_triton.TARGET_CHUNKS = defaults
+    return rows
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} / torch {torch.__version__}"
@@ -203,6 +226,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/scan"))
     ap.add_argument("--cpu-only", action="store_true")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--sweep", action="store_true", help="also time the Triton path's launch parameters")
     args = ap.parse_args()
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "cases": []}
     cases = [("cpu", (2, 1024, 256), 5, (128, 2, 512))]
@@ -218,6 +242,9 @@ def main() -> None:
             case["layer"] = bench_layer(*layer, device=device, reps=reps)
             print_table(f"layer {device} d_model,B,T={layer}", case["layer"])
         result["cases"].append(case)
+    if args.sweep and torch.cuda.is_available() and scan_triton.available():
+        result["triton_sweep"] = sweep_triton((8, 2048, 1536), "cuda", args.reps)
+        print_table("Triton launch parameters, B,T,D=(8, 2048, 1536)", result["triton_sweep"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scan.json").write_text(json.dumps(result, indent=2))
     print(f"\n{result['machine']}, {result['date']}; wrote {args.out / 'scan.json'}")

@@ -27,6 +27,8 @@ except ImportError:  # no Triton on this platform (CPU wheels, Windows): sm1.sca
     triton = None
 
 BLOCK_D = 64  # channels per program (contiguous in memory: coalesced loads)
+NUM_WARPS = 2  # one lane per channel of the block
+TARGET_CHUNKS = 16  # chunks per sequence: enough programs to fill the GPU at training shapes
 
 
 def available() -> bool:
@@ -116,20 +118,19 @@ if triton is not None:
 
 def _launch(log_a: Tensor, x: Tensor, h0: Tensor | None, reverse: bool, chunk: int | None, h_fwd=None, grad_la=None):
     bsz, length, dim = x.shape
-    ct = chunk or max(16, triton.next_power_of_2(triton.cdiv(length, 16)))  # ~16 chunks: enough programs
+    ct = chunk or max(16, triton.next_power_of_2(triton.cdiv(length, TARGET_CHUNKS)))
     nc = triton.cdiv(length, ct)
     nd = triton.cdiv(dim, BLOCK_D)
+    kw = {"BLOCK": BLOCK_D, "num_warps": NUM_WARPS}
     hsum = torch.empty(bsz, nc, dim, device=x.device, dtype=torch.float32)
     lsum = torch.empty_like(hsum)
     out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
     h0_arg = x if h0 is None else h0.contiguous()  # any pointer: unused when HAS_H0 is False
-    _summary_kernel[(bsz, nc, nd)](log_a, x, hsum, lsum, length, dim, ct, nc, REVERSE=reverse, BLOCK=BLOCK_D)
-    _carry_kernel[(bsz, nd)](
-        hsum, lsum, h0_arg, dim, nc, HAS_H0=h0 is not None and not reverse, REVERSE=reverse, BLOCK=BLOCK_D
-    )
+    _summary_kernel[(bsz, nc, nd)](log_a, x, hsum, lsum, length, dim, ct, nc, REVERSE=reverse, **kw)
+    _carry_kernel[(bsz, nd)](hsum, lsum, h0_arg, dim, nc, HAS_H0=h0 is not None and not reverse, REVERSE=reverse, **kw)
     _apply_kernel[(bsz, nc, nd)](
         log_a, x, hsum, out, x if h_fwd is None else h_fwd, h0_arg, out if grad_la is None else grad_la,
-        length, dim, ct, nc, HAS_H0=h0 is not None, REVERSE=reverse, BLOCK=BLOCK_D,
+        length, dim, ct, nc, HAS_H0=h0 is not None, REVERSE=reverse, **kw,
     )  # fmt: skip
     return out
 
