@@ -393,3 +393,20 @@ class StreamDecoder:
             raise ValueError(f"decoder state is malformed: {d!r}")
         self.tick, self.program, self._pitch, self._drum, self._velocity = tick, program, pitch, drum, velocity
         self._channels = ChannelMap(channels)
+
+
+def vocabulary_markdown(tok: Tokenizer | None = None) -> str:
+    """The table of every id for docs/tokenizer.md (`python -m sm1.tokenizer` prints it)."""
+    tok = tok or Tokenizer.default()
+    lines = [
+        f"Vocabulary `{tok.fingerprint}`: {tok.vocab_size} ids.",
+        "",
+        "| id | token | kind | meaning |",
+        "|---:|---|---|---|",
+    ]
+    lines += [f"| {d['id']} | `{d['token']}` | {d['kind']} | {d['meaning']} |" for d in tok.describe()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(vocabulary_markdown(), end="")
