@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ from sm1.checkpoint import load_tensors, save, unique_state_dict
 from sm1.data.loader import TokenShards
 from sm1.gpt import GPT, GPTConfig
 from sm1.model import SM1, SM1Config
+from sm1.tokenizer import DRUM, PITCH
 
 LOG_COLUMNS = [
     "step", "tokens", "lr", "train_loss", "val_loss", "val_bits_per_token", "val_bits_per_note",
@@ -78,7 +80,8 @@ class TrainConfig(BaseModel):
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    transpose: int = 0  # augment: shift each batch by a random number of semitones in [-transpose, transpose]
+    transpose: int = 0  # augment: shift each row by a random number of semitones in [-transpose, transpose]
+    stretch: float = 0.0  # augment: probability that a row is re-notated at double length (tempo)
     eval_every: int = 250
     eval_tokens: int = 1_000_000  # validation tokens per evaluation (the whole split if it is smaller)
     seed: int = 0
@@ -159,17 +162,19 @@ def train_batch(data: TokenShards, cfg: TrainConfig, step: int, micro: int, rank
     """The batch of (step, micro-step, rank): a pure function of them, so resuming needs only the step."""
     index = (step * cfg.grad_accum + micro) * 1024 + rank  # up to 1024 processes
     g = torch.Generator().manual_seed(cfg.seed * 2**40 + index)
-    shift = int(torch.randint(-cfg.transpose, cfg.transpose + 1, (1,), generator=g)) if cfg.transpose else 0
-    return data.sample_batch(cfg.batch_size, cfg.seq_len, generator=g, transpose=shift)
+    return data.sample_batch(cfg.batch_size, cfg.seq_len, generator=g, transpose=cfg.transpose, stretch=cfg.stretch)
 
 
 def tokens_per_note(data: TokenShards) -> float:
-    """Tokens per note of a split: converts bits per token into bits per note."""
-    return data.num_tokens / max(1, data.num_notes)
+    """Tokens per note of a split (every note has exactly one Pitch or PitchDrum token): bits per token
+    times this is bits per note, a figure that does not depend on how the vocabulary splits a note."""
+    notes = np.isin(data.vocab.kind_of[data.tokens], (PITCH, DRUM)).sum()
+    return data.num_tokens / max(1, int(notes))
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TokenShards, cfg: TrainConfig, device: torch.device, autocast) -> dict:
+def evaluate(model: nn.Module, data: TokenShards, cfg: TrainConfig, device: torch.device, autocast,
+             per_note: float) -> dict:  # fmt: skip
     """Loss over the first eval_tokens of the validation split, in order (the same tokens every time)."""
     was_training = model.training
     model.eval()
@@ -185,7 +190,7 @@ def evaluate(model: nn.Module, data: TokenShards, cfg: TrainConfig, device: torc
     model.train(was_training)
     loss = total / max(1, count)
     bits = loss / math.log(2)
-    return {"val_loss": loss, "val_bits_per_token": bits, "val_bits_per_note": bits * tokens_per_note(data)}
+    return {"val_loss": loss, "val_bits_per_token": bits, "val_bits_per_note": bits * per_note}
 
 
 # ------------------------------------------------------------------------------------------ run folder files
@@ -373,6 +378,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     run = RunFolder(cfg.out)
     train_data, val_data = TokenShards(cfg.data, "train"), TokenShards(cfg.data, "val")
     tokenizer = train_data.vocab
+    val_tokens_per_note = tokens_per_note(val_data)
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     raw_model = build_model(cfg, tokenizer.vocab_size).to(device)
@@ -430,13 +436,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             out_of_time = cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes
             stopping = stop.agreed(ddp, device, out_of_time)
             if ddp.main and (step % cfg.eval_every == 0 or step == cfg.max_steps or stopping):
-                last_val = evaluate(raw_model, val_data, cfg, device, autocast)
+                last_val = evaluate(raw_model, val_data, cfg, device, autocast, val_tokens_per_note)
                 row.update(last_val)
                 bar.write(
                     f"step {step}: train {train_loss:.4f}  val {last_val['val_loss']:.4f} "
                     f"({last_val['val_bits_per_note']:.3f} bits/note)"
                 )
-                meta = checkpoint_meta(cfg, step, tokens_per_step, last_val, train_data, val_data)
+                meta = checkpoint_meta(cfg, step, tokens_per_step, last_val, train_data, val_data, val_tokens_per_note)
                 name = cfg.name or run.out.name
                 save(run.out / "last", raw_model, tokenizer, meta, name=name, dtype=cfg.save_dtype)
                 if best is None or last_val["val_loss"] < best:
@@ -472,7 +478,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
 
 
-def checkpoint_meta(cfg, step, tokens_per_step, val, train_data, val_data) -> dict:
+def checkpoint_meta(cfg, step, tokens_per_step, val, train_data, val_data, val_tokens_per_note) -> dict:
     """Training facts stored in config.json: enough to reproduce the run and to write the model card."""
     return {
         "step": step,
@@ -482,7 +488,7 @@ def checkpoint_meta(cfg, step, tokens_per_step, val, train_data, val_data) -> di
             "dir": str(cfg.data),
             "train_tokens": train_data.num_tokens,
             "val_tokens": val_data.num_tokens,
-            "val_tokens_per_note": tokens_per_note(val_data),
+            "val_tokens_per_note": val_tokens_per_note,
         },
         "train_config": json.loads(cfg.model_dump_json()),
         "torch": torch.__version__,
