@@ -147,7 +147,9 @@ def _map(jobs: list, workers: int) -> Iterator[dict[str, int]]:
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_run_batch, jobs)
         return
-    with multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
+    # workers are replaced every few batches: music21 keeps caches that would grow over a whole corpus
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    with context.Pool(workers, maxtasksperchild=8) as pool:
         yield from pool.imap_unordered(_run_batch, jobs)
 
 
