@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from sm1.checkpoint import load
+from sm1.data.loader import TokenShards
 from sm1.engine import Engine
 from sm1.events import NoteEvent
 from sm1.midi import MidiError, read_midi, write_midi
@@ -137,15 +138,15 @@ def file_pieces(paths: list[Path]) -> dict[str, list[NoteEvent]]:
 
 
 def validation_pieces(data: Path, count: int, min_beats: float) -> dict[str, list[NoteEvent]]:
-    """The first `count` held-out pieces long enough for a prompt and a continuation."""
-    from sm1.data.loader import TokenShards
-
+    """The first `count` held-out pieces (index.json order) long enough for a prompt and a continuation."""
     shards = TokenShards(data, "val")
+    index = json.loads((data / "index.json").read_text())
     pieces = {}
-    for i, ids in enumerate(shards.iter_pieces()):
-        notes = shards.vocab.decode(ids)
+    for piece in (p for p in index["pieces"] if p["split"] == "val"):
+        ids = shards.tokens[piece["offset"] : piece["offset"] + piece["length"]]
+        notes = shards.vocab.decode(ids.astype(np.int64))
         if notes and max(n.beat for n in notes) >= min_beats:
-            pieces[f"val#{i}"] = notes
+            pieces[f"val:{piece['key']}"] = notes
         if len(pieces) == count:
             break
     return pieces
@@ -189,7 +190,8 @@ def main(argv=None) -> dict:
             _, generated = split_piece(new, args.prompt_beats, args.beats)
             clips.append({"piece": name, "source": f"T={temperature:g}",
                           **clip_metrics(prompt, generated, args.beats), "unfinished": unfinished})  # fmt: skip
-            (args.out / f"{Path(name).stem}_T{temperature:g}.mid").write_bytes(write_midi(prompt + new))
+            slug = Path(name.replace(":", "_").replace("/", "_")).stem
+            (args.out / f"{slug}_T{temperature:g}.mid").write_bytes(write_midi(prompt + new))
     summary = summarise(clips)
     print_table(summary, ck.name, len(pieces))
     report = {

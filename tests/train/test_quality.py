@@ -54,3 +54,15 @@ def test_the_benchmark_measures_real_and_generated_continuations(tiny_checkpoint
     assert all(c["in_key"] > 0.7 for c in real)  # real music stays (mostly) in its key
     assert sorted(p.name for p in out.glob("*.mid")) == [
         "POP909_008_T0.9.mid", "POP909_008_T1.mid", "aria_classical_T0.9.mid", "aria_classical_T1.mid"]  # fmt: skip
+
+
+def test_held_out_pieces_of_the_shards_serve_as_prompts_too(tiny_checkpoint, shards, tmp_path):
+    out = tmp_path / "quality"
+    cmd = [sys.executable, "benchmarks/quality.py", "--checkpoint", str(tiny_checkpoint), "--prompts",
+           "--data", str(shards), "--prompt-beats", "8", "--beats", "8", "--temperatures", "1.0", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    report = json.loads((out / "quality.json").read_text())
+    pieces = {c["piece"] for c in report["clips"]}
+    assert len(pieces) == 1 and pieces.pop().startswith("val:")  # the one held-out piece of these shards
+    assert [c["source"] for c in report["clips"]] == ["real", "T=1"]
+    assert len(list(out.glob("val_*_T1.mid"))) == 1
