@@ -26,9 +26,9 @@ try:
 except ImportError:  # no Triton on this platform (CPU wheels, Windows): sm1.scan uses the pure path
     triton = None
 
-BLOCK_D = 64  # channels per program (contiguous in memory: coalesced loads)
-NUM_WARPS = 2  # one lane per channel of the block
-TARGET_CHUNKS = 16  # chunks per sequence: enough programs to fill the GPU at training shapes
+BLOCK_D = 128  # channels per program (contiguous in memory: coalesced, 8-byte loads per lane)
+NUM_WARPS = 2  # measured best with BLOCK_D=128 (benchmarks/scan.py --sweep)
+TARGET_CHUNKS = 32  # chunks per sequence: enough programs to fill an H100 at training shapes
 
 
 def available() -> bool:
