@@ -57,6 +57,7 @@ class EngineSession:
     decoder: StreamDecoder
     pending: deque[int] = field(default_factory=deque)  # input the model has not read yet (prompt, notes)
     token_index: int = 0  # tokens sampled so far
+    seq: int = 0  # tokens sampled so far that completed notes: numbers a stream's `events` frames
     start_beat: float = 0.0  # the clock where generation began (end of the prompt)
     initial: _Mark | None = None  # where `reset` goes back to
 
@@ -80,6 +81,7 @@ class _Mark:
     decoder: dict[str, Any]
     pending: list[int]
     token_index: int
+    seq: int
     start_beat: float
 
 
@@ -89,7 +91,9 @@ class Generated:
 
     session: EngineSession
     token: int
+    index: int  # the token's place among the tokens the session sampled (0, 1, ...)
     events: list[NoteEvent]
+    seq: int | None  # the number of this batch of events among the session's (None: no events)
 
 
 @dataclass(frozen=True)
@@ -320,8 +324,11 @@ class Engine:
         s.sampler.set_params(params, reseed)
 
     def reset(self, s: EngineSession) -> None:
-        """Back to where the session began (after its prompt, or where it was restored or forked)."""
+        """Back to where the session began (after its prompt, or where it was restored or forked); `seq`
+        goes on counting, so a client never sees numbers repeat."""
+        seq = s.seq
         self._apply(s, s.initial)
+        s.seq = seq
 
     def fork(self, s: EngineSession, seed: int | None = None) -> EngineSession:
         """An independent copy in another slot; same future unless a new `seed` is given."""
@@ -348,6 +355,7 @@ class Engine:
             "decoder": m.decoder,
             "pending": m.pending,
             "token_index": m.token_index,
+            "seq": m.seq,
             "start_beat": m.start_beat,
             "extra": extra or {},
             "sections": [len(b) for b in sections],
@@ -389,8 +397,10 @@ class Engine:
         out = []
         for s, t in zip(ready, tokens.tolist(), strict=True):
             s.sampler.observe(t, s.decoder)
-            out.append(Generated(s, t, s.decoder.feed(t)))
+            events = s.decoder.feed(t)
+            out.append(Generated(s, t, s.token_index, events, s.seq if events else None))
             s.token_index += 1
+            s.seq += bool(events)
         return out
 
     def generate(self, prompt: list[int] | None, params: SamplingParams, length: ClipLength) -> Clip:
@@ -438,6 +448,7 @@ class Engine:
             decoder=s.decoder.state_dict(),
             pending=list(s.pending),
             token_index=s.token_index,
+            seq=s.seq,
             start_beat=s.start_beat,
         )
 
@@ -447,7 +458,7 @@ class Engine:
         self.pool.assign([s.slot], m.state)
         self.logits[s.slot] = m.logits.to(self.device)
         s.pending = deque(m.pending)
-        s.token_index, s.start_beat = m.token_index, m.start_beat
+        s.token_index, s.seq, s.start_beat = m.token_index, m.seq, m.start_beat
         self._prefilling.pop(s, None)
         if s.pending:
             self._prefilling[s] = None
@@ -491,6 +502,7 @@ class Engine:
                 decoder=h["decoder"],
                 pending=[int(t) for t in h["pending"]],
                 token_index=int(h["token_index"]),
+                seq=int(h["seq"]),
                 start_beat=float(h["start_beat"]),
             )
         except (KeyError, TypeError, ValueError) as e:

@@ -1,0 +1,81 @@
+"""`sm1-server`: run the app under uvicorn, with the graceful drain on SIGTERM/SIGINT.
+
+On the first signal the server stops admitting, sends `end` to every stream and closes it with 1001,
+then lets uvicorn finish the HTTP requests in flight and exit. (Plain uvicorn would close streams with
+1012 and no `end`.) A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from server.app import create_app
+from server.settings import Settings
+
+log = logging.getLogger("sm1.server")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings) -> None:
+        super().__init__(config)
+        self.app, self.settings = app, settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def startup(self, sockets: list | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None or self.should_exit:
+            return super().handle_exit(sig, frame)
+        self._draining = True
+        log.info("signal %d: draining streams (up to %g s), then exiting", sig, self.settings.shutdown_grace_s)
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit(sig, frame)))
+
+    async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+        try:
+            await self.app.state.runtime.hub.drain(self.settings.shutdown_grace_s)
+        finally:
+            super().handle_exit(sig, frame)
+
+
+def parse_args(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        prog="sm1-server",
+        description="The SM1 server. Every setting is also an environment variable SM1_<NAME> (or in .env).",
+    )
+    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one in checkpoints/)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--max-sessions", type=int, dest="max_sessions", help="session slots (default 256)")
+    p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings(**parse_args(argv))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.max_frame_bytes,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s) + 1),
+        lifespan="on",
+    )
+    DrainingServer(config, app, settings).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""What the server measures: Prometheus metrics (GET /metrics) and recent exact quantiles (GET /healthz).
+
+Each app has its own registry, so several apps (tests) never share counters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Recent:
+    """The last `n` samples of one quantity, for exact quantiles (histograms only give buckets)."""
+
+    def __init__(self, n: int = 8192) -> None:
+        self.samples: deque[float] = deque(maxlen=n)
+
+    def add(self, x: float) -> None:
+        self.samples.append(x)
+
+    def summary(self, scale: float = 1000.0) -> dict[str, float | int]:
+        xs = sorted(self.samples)
+        if not xs:
+            return {"n": 0}
+
+        def q(p: float) -> float:
+            return round(xs[min(len(xs) - 1, int(p * len(xs)))] * scale, 3)
+
+        return {"n": len(xs), "p50": q(0.5), "p99": q(0.99), "max": round(xs[-1] * scale, 3)}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sessions = Gauge("sm1_sessions", "Sessions holding a slot of the pool", registry=r)
+        self.connections = Gauge("sm1_stream_connections", "Open WebSocket connections", registry=r)
+        self.tokens = Counter("sm1_tokens", "Tokens sampled", registry=r)
+        self.tokens_per_second = Gauge("sm1_tokens_per_second", "Tokens sampled over the last second", registry=r)
+        self.events = Counter("sm1_events", "Note events sent to clients", registry=r)
+        self.tick_seconds = Histogram(
+            "sm1_tick_seconds",
+            "Time of one tick (prefill + batched step + sampling), seconds",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=r,
+        )
+        self.tick_batch = Histogram(
+            "sm1_tick_batch_size",
+            "Sessions in one batched step",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=r,
+        )
+        self.lateness = Histogram(
+            "sm1_event_lateness_seconds",
+            "How late a note left the server after its due time minus the lookahead (0 if on time)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.errors = Counter("sm1_errors", "Bad input and failures, by kind", ["kind"], registry=r)
+        self.recent_ticks = Recent()
+        self.recent_lateness = Recent()
+        self._window_start, self._window_tokens = time.monotonic(), 0
+        self.last_tokens_per_second = 0.0
+
+    def tick(self, seconds: float, batch: int, tokens: int) -> None:
+        self.tick_seconds.observe(seconds)
+        self.recent_ticks.add(seconds)
+        if batch:
+            self.tick_batch.observe(batch)
+        self.tokens.inc(tokens)
+        self._window_tokens += tokens
+        self._roll()
+
+    def _roll(self) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self.last_tokens_per_second = self._window_tokens / (now - self._window_start)
+            self.tokens_per_second.set(self.last_tokens_per_second)
+            self._window_start, self._window_tokens = now, 0
+
+    def late(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.lateness.observe(seconds)
+        self.recent_lateness.add(seconds)
+
+    def render(self) -> bytes:
+        self._roll()
+        return generate_latest(self.registry)

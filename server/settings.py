@@ -1,0 +1,65 @@
+"""Server settings: environment variables (prefix SM1_) or a .env file; `sm1-server` flags override them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import torch
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SM1_", env_file=".env", extra="ignore")
+
+    checkpoint: Path | None = Field(None, description="checkpoint folder; unset: the shipped default in checkpoints/")
+    device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_sessions: int = Field(256, ge=1, description="session slots in the pool (streams, REST sessions, clips)")
+    max_prompt_bytes: int = Field(1 << 20, ge=1, description="largest prompt MIDI file")
+    max_prompt_tokens: int = Field(32_768, ge=1, description="largest prompt after tokenizing")
+    max_clip_beats: float = Field(1024.0, gt=0, description="longest clip POST /v1/generate writes")
+    max_clip_tokens: int = Field(16_384, ge=1, description="most tokens one clip may sample")
+    idle_timeout_s: float = Field(300.0, gt=0, description="a session nobody streams is freed after this")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed to call the REST API (comma-separated); empty: none"
+    )
+    api_key: SecretStr | None = Field(None, description="if set, required on REST calls and the WebSocket")
+    max_frame_bytes: int = Field(2 << 20, ge=1024, description="largest WebSocket frame a client may send")
+    max_messages_per_s: float = Field(50.0, gt=0, description="sustained client messages per connection")
+    message_burst: int = Field(200, ge=1, description="client messages allowed in a burst")
+    queue_frames: int = Field(64, ge=1, description="frames waiting for a slow client before its stream pauses")
+    send_timeout_s: float = Field(10.0, gt=0, description="a client that reads nothing this long is dropped")
+    default_tempo_bpm: float = Field(120.0, ge=1, le=1000)
+    default_lookahead_beats: float = Field(2.0, gt=0, le=64)
+    prefill_chunk: int = Field(256, ge=1, description="prompt tokens per forward call")
+    prefill_budget: int = Field(256, ge=1, description="prompt tokens prefilled per tick, all sessions together")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core")
+    cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="time streams get to flush on SIGTERM")
+    log_level: str = Field("info", description="debug, info, warning, error")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def cpu_threads(self) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    @property
+    def max_body_bytes(self) -> int:
+        """A REST body: a base64 prompt (4/3 of the file) plus room for the other fields."""
+        return self.max_prompt_bytes * 4 // 3 + (64 << 10)

@@ -1,0 +1,54 @@
+"""The tick loop: gather the sessions that want a token, run ONE engine tick for all of them on the engine
+thread, hand each session what it got. It sleeps until the next session needs tokens (or a wake-up: a new
+session, a clock report, an outbox with room again)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from server.metrics import Metrics
+from server.sessions import EngineWorker, SessionHub
+
+log = logging.getLogger("sm1.server")
+
+IDLE_WAIT_S = 0.25  # nothing to do: look again this often anyway
+
+
+class TickLoop:
+    def __init__(self, worker: EngineWorker, metrics: Metrics) -> None:
+        self.worker, self.metrics = worker, metrics
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, hub: SessionHub) -> None:
+        engine = self.worker.engine
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            live = list(hub.sessions.values())
+            ready = [s for s in live if s.wants_tokens(now)]
+            if not ready and not engine.has_pending_input:
+                waits = [w for s in live if (w := s.seconds_until_wanted(now)) is not None]
+                await self._sleep(min(waits, default=IDLE_WAIT_S))
+                continue
+            t0 = time.perf_counter()
+            try:
+                generated = await self.worker.call(engine.tick, [s.es for s in ready])
+            except Exception:
+                log.exception("engine tick failed")
+                self.metrics.errors.labels("engine").inc()
+                await asyncio.sleep(0.1)
+                continue
+            self.metrics.tick(time.perf_counter() - t0, batch=len(generated), tokens=len(generated))
+            by_engine_session = {s.es: s for s in ready}
+            for g in generated:
+                by_engine_session[g.session].deliver(g)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=min(seconds, IDLE_WAIT_S))
