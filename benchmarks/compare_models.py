@@ -28,7 +28,7 @@ from sm1.checkpoint import load
 from sm1.data.loader import TokenShards
 from sm1.gpt import GPT, GPTConfig
 from sm1.state import state_floats
-from sm1.train import TrainConfig, build_model, plot_loss_curves, train
+from sm1.train import TrainConfig, TrainResult, build_model, plot_loss_curves, train
 
 PREFILL_CHUNK = 4096  # prompts are prefilled in chunks: bounded memory at 16K for both models
 
@@ -50,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--decode-steps", type=int, default=64, help="timed generation steps per context")
     p.add_argument("--compile", action="store_true", help="torch.compile the models for training")
+    p.add_argument("--generation-only", action="store_true", help="skip training: time generation only")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if args.tiny:
@@ -126,11 +127,21 @@ def generation_cost(model: nn.Module, context: int, steps: int, device: torch.de
     }
 
 
-def state_summary(ck) -> dict:
-    if ck.architecture == "sm1":
-        f = state_floats(ck.config)
-        return {"state_floats_ssm": f.ssm, "state_floats_conv": f.conv}
-    return {"kv_floats_per_token": 2 * ck.config.n_layer * ck.config.d_model}
+def result_row(label: str, cfg: TrainConfig, result: TrainResult, model: nn.Module) -> dict:
+    if isinstance(model, GPT):
+        state = {"kv_floats_per_token": 2 * model.config.n_layer * model.config.d_model}
+    else:
+        floats = state_floats(model.config)
+        state = {"state_floats_ssm": floats.ssm, "state_floats_conv": floats.conv}
+    return {
+        "label": label, "model": cfg.model, "n_layer": cfg.n_layer, "d_model": cfg.d_model,
+        "d_state": cfg.d_state if cfg.model == "sm1" else None, "params": result.params,
+        "val_loss": result.val_loss, "val_bits_per_token": result.val_bits_per_token,
+        "val_bits_per_note": result.val_bits_per_note, "tokens": result.tokens,
+        "tokens_per_s": result.tokens_per_s, "interrupted": result.interrupted,
+        "peak_memory_mb": result.peak_memory_bytes / 2**20 if result.peak_memory_bytes else None,
+        "train_minutes": result.elapsed_s / 60, **state,
+    }  # fmt: skip
 
 
 def fmt(v, spec: str) -> str:
@@ -138,6 +149,12 @@ def fmt(v, spec: str) -> str:
 
 
 def print_tables(rows: list[dict], generation: list[dict]) -> None:
+    if rows:
+        print_training_table(rows)
+    print_generation_table(generation)
+
+
+def print_training_table(rows: list[dict]) -> None:
     print("\n| model | params | val bits/token | val bits/note | tokens seen | train tokens/s | peak memory MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -147,6 +164,9 @@ def print_tables(rows: list[dict], generation: list[dict]) -> None:
             f"{fmt(r['val_bits_per_note'], '.3f')} | {r['tokens']:,}{stop} | {r['tokens_per_s']:,.0f} | "
             f"{fmt(r['peak_memory_mb'], ',.0f')} |"
         )
+
+
+def print_generation_table(generation: list[dict]) -> None:
     contexts = sorted({g["context"] for g in generation})
     print("\n| model | " + " | ".join(f"ms/token @{c}" for c in contexts) + " | "
           + " | ".join(f"state KB @{c}" for c in contexts) + " |")  # fmt: skip
@@ -167,8 +187,9 @@ def verdict(rows: list[dict], generation: list[dict]) -> list[str]:
         others = ", ".join(f"{r['label']} {r['val_bits_per_note']:.3f}" for r in scored if r is not best)
         lines.append(f"quality: {best['label']} has the lowest val bits/note, {best['val_bits_per_note']:.3f}")
         lines.append(f"  (others: {others})")
-    fastest = max(rows, key=lambda r: r["tokens_per_s"])
-    lines.append(f"training speed: {fastest['label']} is fastest ({fastest['tokens_per_s']:,.0f} tokens/s)")
+    if rows:
+        fastest = max(rows, key=lambda r: r["tokens_per_s"])
+        lines.append(f"training speed: {fastest['label']} is fastest ({fastest['tokens_per_s']:,.0f} tokens/s)")
     longest = max(g["context"] for g in generation)
     at = {g["label"]: g for g in generation if g["context"] == longest}
     quick = min(at.values(), key=lambda g: g["ms_per_token"])
@@ -187,24 +208,20 @@ def main(argv=None) -> None:
     configs = run_configs(args, vocab_size)
     rows, curves, generation = [], {}, []
     for label, cfg in configs.items():
-        print(f"\n=== {label}: training {cfg.max_steps} steps of {cfg.tokens_per_step():,} tokens")
-        result = train(cfg)
-        curves[label] = result.log
-        ck = load(cfg.out / "last", device=device)
-        rows.append({
-            "label": label, "model": cfg.model, "n_layer": cfg.n_layer, "d_model": cfg.d_model,
-            "d_state": cfg.d_state if cfg.model == "sm1" else None, "params": result.params,
-            "val_loss": result.val_loss, "val_bits_per_token": result.val_bits_per_token,
-            "val_bits_per_note": result.val_bits_per_note, "tokens": result.tokens,
-            "tokens_per_s": result.tokens_per_s, "interrupted": result.interrupted,
-            "peak_memory_mb": result.peak_memory_bytes / 2**20 if result.peak_memory_bytes else None,
-            "train_minutes": result.elapsed_s / 60, **state_summary(ck),
-        })  # fmt: skip
+        if args.generation_only:  # latency does not depend on the weights: skip training
+            model = build_model(cfg, vocab_size).to(device).eval()
+        else:
+            print(f"\n=== {label}: training {cfg.max_steps} steps of {cfg.tokens_per_step():,} tokens")
+            result = train(cfg)
+            curves[label] = result.log
+            model = load(cfg.out / "last", device=device).model
+            rows.append(result_row(label, cfg, result, model))
         # generation as served: bf16 weights on the GPU (SM1 keeps its ssm state fp32), fp32 on the CPU
-        model = ck.model.to(torch.bfloat16) if device.type == "cuda" else ck.model
+        if device.type == "cuda":
+            model = model.to(torch.bfloat16)
         for context in args.contexts:
             generation.append({"label": label, **generation_cost(model, context, args.decode_steps, device)})
-        del ck, model
+        del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -223,8 +240,10 @@ def main(argv=None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(report, indent=1))
-    plot_loss_curves(curves, args.out / "loss_curves.png")
-    print(f"\nwrote {args.out / 'compare.json'} and {args.out / 'loss_curves.png'}")
+    print(f"\nwrote {args.out / 'compare.json'}")
+    if curves:
+        plot_loss_curves(curves, args.out / "loss_curves.png")
+        print(f"wrote {args.out / 'loss_curves.png'}")
 
 
 if __name__ == "__main__":
