@@ -276,8 +276,11 @@ class RunFolder:
 
 def plot_loss_curves(runs: dict[str, list[dict]], path: Path) -> None:
     """Train (thin) and validation (dots) loss against tokens seen, one colour per run."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU box: the CSV log has every number, the plot is a convenience
+        print(f"matplotlib is not installed: no {path.name}", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
