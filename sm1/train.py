@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -519,9 +519,13 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
             default = "" if info.is_required() else f" (default {info.default})"
             parser.add_argument(flag, type=kind, default=None, help=f"{kind.__name__}{default}")
     args = vars(parser.parse_args(argv))
-    values = read_config_file(args.pop("config")) if args.get("config") else {}
+    config_file = args.pop("config")
+    values = read_config_file(config_file) if config_file else {}
     values.update({k: v for k, v in args.items() if v is not None})
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except ValidationError as e:
+        parser.error(f"{config_file or 'flags'}: {e}")
 
 
 def read_config_file(path: Path) -> dict:
