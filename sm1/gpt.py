@@ -88,7 +88,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         heads = (B, T, self.n_head, C // self.n_head)
         q, k, v = (t.view(heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        q, k = rotate(q, cos, sin).to(v.dtype), rotate(k, cos, sin).to(v.dtype)  # autocast: cos may be fp32
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
