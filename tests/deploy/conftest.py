@@ -1,0 +1,26 @@
+"""Fixtures for the deployment checks: the repository's Dockerfile, .dockerignore and compose files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.dockerfile import Dockerfile, DockerIgnore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def dockerfile() -> Dockerfile:
+    return Dockerfile.read(REPO / "Dockerfile")
+
+
+@pytest.fixture(scope="session")
+def dockerignore() -> DockerIgnore:
+    return DockerIgnore((REPO / ".dockerignore").read_text())
