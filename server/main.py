@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from types import FrameType
@@ -70,11 +71,14 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s) + 1),
         lifespan="on",
     )
-    DrainingServer(config, app, settings).run()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it drained for
+        DrainingServer(config, app, settings).run()
 
 
 if __name__ == "__main__":

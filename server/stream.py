@@ -92,6 +92,10 @@ class StreamConnection:
             self.hub.connections.discard(self)
             self.metrics.connections.dec()
             if self.session is not None:
+                if self.client_gone:
+                    what = "freed" if self.session.owner == "stream" else "kept for the next connection"
+                    log.info("stream %s session %s: connection lost without 'stop'; session %s",
+                             self.peer, self.session.id, what)  # fmt: skip
                 await self.hub.detach(self.session)
 
     # ---- ending ---------------------------------------------------------------------------------------

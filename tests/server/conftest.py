@@ -94,6 +94,8 @@ def strict_server(tiny_checkpoint, tmp_path_factory):
         max_messages_per_s=20,
         message_burst=40,
         send_timeout_s=2,
+        ws_ping_interval_s=1,
+        ws_ping_timeout_s=1,
         queue_frames=8,
         max_clip_beats=64,
     )

@@ -1,0 +1,37 @@
+"""SIGTERM: the server stops admitting, sends `end` to every stream, closes each with 1001, and exits."""
+
+import asyncio
+import signal
+
+import httpx
+import pytest
+
+from tests.server.conftest import Stream, connect, start_server
+
+
+def test_sigterm_ends_every_stream_with_1001(tiny_checkpoint, tmp_path):
+    server = start_server(tiny_checkpoint, tmp_path / "server.log")
+    try:
+
+        async def main():
+            streams = []
+            for seed in (1, 2):
+                ws = await connect(server)
+                s = Stream(ws)
+                await s.send(type="start", params={"seed": seed}, realtime=False)
+                await s.events(3)
+                streams.append(s)
+            server.process.send_signal(signal.SIGTERM)
+            ends = [await s.expect("end") for s in streams]
+            closes = [await s.closed() for s in streams]
+            return ends, closes
+
+        ends, closes = asyncio.run(main())
+        assert [e["reason"] for e in ends] == ["server shutting down"] * 2
+        assert closes == [(1001, "server shutting down")] * 2
+        assert server.process.wait(timeout=20) is not None
+        assert "drained 2 stream(s)" in server.log_text()
+    finally:
+        server.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.http}/healthz", timeout=2)
