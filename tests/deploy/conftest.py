@@ -24,3 +24,11 @@ def dockerfile() -> Dockerfile:
 @pytest.fixture(scope="session")
 def dockerignore() -> DockerIgnore:
     return DockerIgnore((REPO / ".dockerignore").read_text())
+
+
+@pytest.fixture(scope="session")
+def context(dockerignore, tmp_path_factory) -> Path:
+    """The build context Docker would be sent (read only: copy it before changing anything)."""
+    path = tmp_path_factory.mktemp("context")
+    dockerignore.build_context(REPO, path)
+    return path

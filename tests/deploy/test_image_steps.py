@@ -29,11 +29,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def image(dockerfile, dockerignore, repo, tiny_checkpoint, tmp_path_factory):
+def image(dockerfile, context, tiny_checkpoint, tmp_path_factory):
     """The CPU image built under a stand-in root; until the lead ships a default checkpoint in checkpoints/,
-    the tiny test checkpoint is put in the build context in its place."""
-    context = tmp_path_factory.mktemp("context")
-    dockerignore.build_context(repo, context)
+    the tiny test checkpoint is put in (a copy of) the build context in its place."""
+    context = shutil.copytree(context, tmp_path_factory.mktemp("image") / "context")
     try:
         resolve_default(context / "checkpoints")
     except CheckpointError:
