@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -211,9 +212,14 @@ def _merge(batches: list[list[Item]], parts: Path, out: Path, val_fraction: floa
 
 
 def _reason_kind(reason: str) -> str:
-    """Group reasons that differ only in numbers or names (a chunk length, a key) for the report."""
-    head = reason.split("(")[0].split(":")[0].strip()
-    return "duplicate content" if head.startswith("duplicate of") else head[:80]
+    """Group reasons that differ only in numbers, object ids or names, for the report."""
+    if reason.startswith("duplicate of"):
+        return "duplicate content"
+    kind, sep, message = reason.partition(": ")
+    if sep and kind.isidentifier() and kind.endswith(("Exception", "Error")):  # a parser's exception (music21): keep its message
+        message = re.sub(r"<[^>]*>|\([^)]*\)|\d+", "N", message)
+        return f"{kind}: {message}"[:100]
+    return reason.split("(")[0].split(":")[0].strip()[:80]
 
 
 def _report(sources, opts, excluded, stats: _Stats, batches, todo, tokenize_s, total_s) -> dict[str, Any]:
