@@ -75,6 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt", type=Path, help="a .mid file the stream continues")
     p.add_argument("--lookahead", type=float, help="beats the server writes ahead of playback (server default 2)")
     p.add_argument("--latency", type=float, default=100.0, help="jitter buffer: ms between receiving and playing")
+    p.add_argument(
+        "--rt-priority",
+        type=int,
+        default=20,
+        dest="rt_priority",
+        help="SCHED_FIFO priority of the note scheduler thread where allowed (0: normal scheduling)",
+    )
     sampling_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log every reconnection detail")
     return p.parse_args(argv)
@@ -88,7 +95,8 @@ class Bridge:
         self.output = output
         latency = args.latency / 1000.0
         self.latency_s = latency
-        self.scheduler = NoteScheduler(output.send_message, Timeline(0.0, time.monotonic() + latency, args.tempo))
+        timeline = Timeline(0.0, time.monotonic() + latency, args.tempo)
+        self.scheduler = NoteScheduler(output.send_message, timeline, rt_priority=args.rt_priority)
         self.inputs: list[Any] = []
         self._notes: asyncio.Queue[NoteEvent] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -34,28 +34,37 @@ class Timeline:
 
 
 class ClockFollower:
-    """The tempo of incoming MIDI clock pulses, averaged over the last beat of them.
+    """The tempo of incoming MIDI clock pulses: a least-squares fit over the last two beats of them (the
+    pulses' timestamps carry the MIDI driver's jitter, e.g. one JACK period; a fit over 48 pulses averages
+    it out, where the first and last pulse alone would not).
 
-    `pulse(t)` takes the pulse's time in seconds (the MIDI driver's timestamps are steadier than the moment
-    Python sees the message) and returns a new tempo when it moved by more than `min_change` (relative),
-    else None. A Start or Stop message (`restart()`) forgets the old pulses."""
+    `pulse(t)` takes the pulse's time in seconds and returns a new tempo when it moved by more than
+    `min_change` (relative), else None. A Start or Stop message (`restart()`), or a gap in the pulses
+    (transport stopped), forgets the old pulses."""
 
-    def __init__(self, min_change: float = 0.005, window: int = PPQN) -> None:
+    MAX_GAP_S = 0.25  # a pulse interval this long is below 10 BPM: the clock stopped, it did not slow down
+
+    def __init__(self, min_change: float = 0.005, window: int = 2 * PPQN) -> None:
         self.min_change = min_change
-        self.pulses: deque[float] = deque(maxlen=window + 1)
+        self.pulses: deque[float] = deque(maxlen=window)
         self.tempo_bpm: float | None = None
 
     def restart(self) -> None:
         self.pulses.clear()
 
     def pulse(self, t: float) -> float | None:
+        if self.pulses and t - self.pulses[-1] > self.MAX_GAP_S:
+            self.pulses.clear()
         self.pulses.append(t)
-        if len(self.pulses) < self.pulses.maxlen:
+        n = len(self.pulses)
+        if n < self.pulses.maxlen:
             return None
-        span = self.pulses[-1] - self.pulses[0]
-        if span <= 0:
+        mean_i, mean_t = (n - 1) / 2, sum(self.pulses) / n
+        covariance = sum((i - mean_i) * (ti - mean_t) for i, ti in enumerate(self.pulses))
+        seconds_per_pulse = covariance / (n * (n * n - 1) / 12)  # / sum((i - mean_i)^2)
+        if seconds_per_pulse <= 0:
             return None
-        tempo = 60.0 * (len(self.pulses) - 1) / (PPQN * span)
+        tempo = 60.0 / (PPQN * seconds_per_pulse)
         if self.tempo_bpm is not None and abs(tempo - self.tempo_bpm) <= self.min_change * self.tempo_bpm:
             return None
         self.tempo_bpm = tempo

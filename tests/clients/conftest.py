@@ -4,12 +4,15 @@ each message arrived."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -113,31 +116,45 @@ def _jack_unavailable() -> str | None:
     return None
 
 
+def realtime_allowed() -> bool:
+    """Whether this machine lets a process ask for SCHED_FIFO (many containers do not)."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))"
+    if not hasattr(os, "SCHED_FIFO"):
+        return False
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+@dataclass(frozen=True)
+class Jack:
+    name: str
+    realtime: bool  # JACK runs its process cycle with realtime priority (else timing follows the machine's load)
+
+
 @pytest.fixture(scope="session")
 def jack(output_dir):
-    """A JACK server of our own (`jackd -d dummy`, no realtime scheduling: a container has none), under its
-    own name, so that it never touches a JACK the machine may run. Clients (the bridge, the DAW) find it
-    through JACK_DEFAULT_SERVER; JACK_NO_START_SERVER stops them from starting another."""
+    """A JACK server of our own (`jackd -d dummy`) under its own name, so that it never touches a JACK the
+    machine may run. Realtime scheduling where the container allows it, else `--no-realtime` (which any
+    container can run). Clients (the bridge, the DAW) find it through JACK_DEFAULT_SERVER;
+    JACK_NO_START_SERVER stops them from starting another."""
     reason = _jack_unavailable()
     if reason:
         pytest.skip(reason)
     name = f"sm1test{os.getpid()}"
+    realtime = realtime_allowed()
     env = {"JACK_DEFAULT_SERVER": name, "JACK_NO_START_SERVER": "1", "JACK_NO_AUDIO_RESERVATION": "1"}
     log = output_dir / "jackd.log"
+    command = ["jackd", *(["-R", "-P", "70"] if realtime else ["--no-realtime"]), "-n", name,
+               "-d", "dummy", "-r", str(JACK_RATE), "-p", str(JACK_PERIOD)]  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
         with log.open("w") as out:
-            proc = subprocess.Popen(
-                ["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", str(JACK_RATE), "-p", str(JACK_PERIOD)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             waited = subprocess.run(["jack_wait", "-w", "-t", "10"], capture_output=True, text=True, timeout=15)
             if proc.poll() is not None or waited.returncode != 0:
                 pytest.skip(f"jackd could not start here: {log_tail(log, 5)} {waited.stdout.strip()}")
-            yield name
+            yield Jack(name, realtime)
         finally:
             proc.terminate()
             try:
@@ -260,3 +277,23 @@ def bridge_factory(jack, output_dir):
         if b.proc.poll() is None:
             b.proc.kill()
             b.proc.wait(5)
+
+
+def reference_stream(server: str, start: dict, beats: float, max_frames: int = 20_000) -> list[dict]:
+    """The notes a stream with these `start` fields writes in its first `beats` beats, generated as fast as
+    the server can (realtime off): what a listener of the same seed must hear, note for note."""
+    from websockets.sync.client import connect
+
+    events: list[dict] = []
+    with connect(server.replace("http://", "ws://") + "/v1/stream", max_size=None) as ws:
+        ws.send(json.dumps({"type": "start", "realtime": False, **start}))
+        for _ in range(max_frames):
+            frame = json.loads(ws.recv(timeout=30))
+            if frame["type"] == "error":
+                raise AssertionError(f"the reference stream failed: {frame}")
+            if frame["type"] == "events":
+                events += frame["events"]
+                if events[-1]["beat"] >= beats:
+                    break
+        ws.send(json.dumps({"type": "stop"}))
+    return [e for e in events if e["beat"] < beats]
