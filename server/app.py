@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from server import rest
 from server.auth import key_ok
-from server.errors import ApiError
-from server.protocol import CloseCode, ErrorCode, error_frame
+from server.errors import ApiError, InvalidRequest
+from server.protocol import CloseCode, ErrorCode, describe_errors, error_frame
 from server.runtime import Runtime
 from server.settings import Settings
 from server.stream import StreamConnection
@@ -45,6 +46,16 @@ async def _api_error(request: Request, e: ApiError) -> JSONResponse:
     if e.status == 503:
         headers = {"Retry-After": "5"}
     return JSONResponse({"code": e.code, "message": e.message}, status_code=e.status, headers=headers)
+
+
+async def _invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+    return await _api_error(request, InvalidRequest(describe_errors(e, skip=1)))
+
+
+async def _internal_error(request: Request, e: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path)
+    request.app.state.runtime.metrics.errors.labels(ErrorCode.INTERNAL).inc()
+    return JSONResponse({"code": ErrorCode.INTERNAL, "message": "the server failed (it logged why)"}, status_code=500)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-SM1-Seed", "X-SM1-Tokens", "X-SM1-Token-Index"],
         )
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _internal_error)
     app.include_router(rest.router)
     app.include_router(rest.open_router)
     app.add_api_websocket_route("/v1/stream", stream_endpoint)

@@ -34,7 +34,7 @@ class UnknownSession(ApiError):
 
 
 class SessionBusy(ApiError):
-    code, status = ErrorCode.SESSION_BUSY, 409
+    code, status = ErrorCode.SESSION_BUSY, 409  # (WebSocket only today)
 
 
 class BadSnapshot(ApiError):

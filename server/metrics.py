@@ -1,4 +1,4 @@
-"""What the server measures: Prometheus metrics (GET /metrics) and recent exact quantiles (GET /healthz).
+"""What the server measures: Prometheus metrics (GET /metrics) and exact recent quantiles (GET /healthz).
 
 Each app has its own registry, so several apps (tests) never share counters.
 """
@@ -8,27 +8,28 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Recent:
-    """The last `n` samples of one quantity, for exact quantiles (histograms only give buckets)."""
+    """Timestamped samples of one quantity, for exact quantiles over a recent window (histograms only
+    give buckets)."""
 
-    def __init__(self, n: int = 8192) -> None:
-        self.samples: deque[float] = deque(maxlen=n)
+    def __init__(self, n: int = 200_000) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=n)
 
     def add(self, x: float) -> None:
-        self.samples.append(x)
+        self.samples.append((time.monotonic(), x))
 
-    def summary(self, scale: float = 1000.0) -> dict[str, float | int]:
-        xs = sorted(self.samples)
-        if not xs:
+    def summary(self, window_s: float, scale: float = 1000.0) -> dict[str, float | int]:
+        """n, p50, p99 and max (times `scale`: ms for seconds) of the samples of the last `window_s`."""
+        since = time.monotonic() - window_s
+        xs = np.array([x for t, x in self.samples if t >= since])
+        if not len(xs):
             return {"n": 0}
-
-        def q(p: float) -> float:
-            return round(xs[min(len(xs) - 1, int(p * len(xs)))] * scale, 3)
-
-        return {"n": len(xs), "p50": q(0.5), "p99": q(0.99), "max": round(xs[-1] * scale, 3)}
+        p50, p99, top = (float(v) * scale for v in (*np.quantile(xs, [0.5, 0.99]), xs.max()))
+        return {"n": len(xs), "p50": round(p50, 3), "p99": round(p99, 3), "max": round(top, 3)}
 
 
 class Metrics:

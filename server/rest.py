@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
@@ -222,8 +222,8 @@ async def metrics(rt: RuntimeDep) -> Response:
     return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@open_router.get("/healthz", summary="Liveness, load, and recent tick time and lateness quantiles (ms)")
-async def healthz(rt: RuntimeDep) -> JSONResponse:
+@open_router.get("/healthz", summary="Liveness, load, and tick time and lateness quantiles (ms) of the last window_s")
+async def healthz(rt: RuntimeDep, window_s: float = Query(60.0, gt=0, le=3600)) -> JSONResponse:
     hub, m = rt.hub, rt.metrics
     body = {
         "status": "ok" if hub.accepting else "draining",
@@ -231,7 +231,8 @@ async def healthz(rt: RuntimeDep) -> JSONResponse:
         "capacity": rt.engine.capacity,
         "connections": len(hub.connections),
         "tokens_per_second": round(m.last_tokens_per_second, 1),
-        "tick_ms": m.recent_ticks.summary(),
-        "lateness_ms": m.recent_lateness.summary(),
+        "window_s": window_s,
+        "tick_ms": m.recent_ticks.summary(window_s),
+        "lateness_ms": m.recent_lateness.summary(window_s),
     }
     return JSONResponse(body, status_code=200 if hub.accepting else 503)

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     default_lookahead_beats: float = Field(2.0, gt=0, le=64)
     prefill_chunk: int = Field(256, ge=1, description="prompt tokens per forward call")
     prefill_budget: int = Field(256, ge=1, description="prompt tokens prefilled per tick, all sessions together")
-    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core but one")
     cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")
     shutdown_grace_s: float = Field(5.0, ge=0, description="time streams get to flush on SIGTERM")
     log_level: str = Field("info", description="debug, info, warning, error")
@@ -57,9 +57,13 @@ class Settings(BaseSettings):
         return torch.device(self.device)
 
     def cpu_threads(self) -> int:
+        """One core is left to the event loop (sockets, JSON, sampling glue): on a small machine an extra
+        torch thread that competes with it costs more than it gives (2 cores: 2 threads ran the batched
+        step 2-6x slower than 1 when the machine had other work)."""
         if self.torch_threads:
             return self.torch_threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores - 1)
 
     @property
     def max_body_bytes(self) -> int:

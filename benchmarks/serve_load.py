@@ -1,0 +1,228 @@
+"""Server load: N concurrent real-time WebSocket sessions against a real `sm1-server`.
+
+Starts the server in a subprocess (the checkpoint you name, or the shipped default), then for each N opens
+N streams at once (tempo 120, lookahead 2 beats, realtime, each continuing the same dense prompt with its
+own seed), lets them play for --seconds, and reports:
+
+  tokens/s      sampled by the server in total over the window (Prometheus counter sm1_tokens_total)
+  tick p50/p99  time of one engine tick (prefill + batched step + sampling), from /healthz over the window
+  late p50/p99/max  how late a note left the server after its due time minus the lookahead (/healthz)
+  lost          events frames missing or out of order in the clients' `seq` numbers (must be 0)
+  RSS           the server process's resident memory at the end of the level
+  max tok/s     (--capacity) the same N sessions with realtime false: what the server sustains flat out
+
+A level is "real time" when nothing is lost and p99 lateness is under 50 ms. One command:
+
+    python benchmarks/serve_load.py --out benchmarks/results/serve-load-cpu   # CPU, shipped checkpoint
+    python benchmarks/serve_load.py --device cuda --sessions 1,64,256,1024,2048,4096 --out ...   # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import torch
+import websockets
+
+from sm1.events import NoteEvent
+from sm1.midi import write_midi
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def dense_prompt(beats: int = 16) -> bytes:
+    """Sixteenth-note arpeggios over a bass and drums, 16 beats: about 10 notes a beat."""
+    notes = []
+    for step in range(beats * 4):
+        beat = step / 4
+        chord = [60, 64, 67, 71] if (step // 16) % 2 == 0 else [57, 60, 64, 67]
+        notes.append(NoteEvent(chord[step % 4] + 12 * (step % 8 >= 4), 80, 0, 0, beat, 0.25))
+        if step % 2 == 0:
+            notes.append(NoteEvent(36 if step % 8 == 0 else 42, 100, 0, 9, beat, 0.25))
+        if step % 4 == 0:
+            notes.append(NoteEvent(chord[0] - 24, 90, 33, 1, beat, 1.0))
+    return write_midi(notes, tempo_bpm=120)
+
+
+class Server:
+    def __init__(self, checkpoint: str | None, device: str, max_sessions: int, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SM1_")}
+        env |= {"SM1_PORT": "0", "SM1_DEVICE": device, "SM1_MAX_SESSIONS": str(max_sessions)}
+        if checkpoint:
+            env["SM1_CHECKPOINT"] = checkpoint
+        self.log = log
+        with open(log, "w") as f:
+            self.process = subprocess.Popen(
+                ["sm1-server", "--log-level", "info"], env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO
+            )
+        deadline = time.monotonic() + 300
+        while not (m := re.search(r"Uvicorn running on http://[\d.]+:(\d+)", log.read_text())):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sm1-server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        self.http = f"http://127.0.0.1:{m.group(1)}"
+        self.ws = f"ws://127.0.0.1:{m.group(1)}/v1/stream"
+
+    def tokens_total(self) -> float:
+        text = httpx.get(f"{self.http}/metrics", timeout=30).text
+        return float(re.search(r"^sm1_tokens_total (\S+)$", text, re.M).group(1))
+
+    def rss_mb(self) -> float | None:
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Listener:
+    """One stream: counts what it gets and checks the sequence numbers."""
+
+    def __init__(self, i: int) -> None:
+        self.i, self.frames, self.notes, self.lost, self.last_seq = i, 0, 0, 0, -1
+
+    async def run(self, server: Server, start: dict, started: asyncio.Event, stop: asyncio.Event) -> None:
+        async with websockets.connect(server.ws, max_size=None, open_timeout=60) as ws:
+            await ws.send(json.dumps(start | {"params": {"seed": self.i}}))
+            while json.loads(await ws.recv())["type"] != "ready":
+                pass
+            started.set()
+            while not stop.is_set():
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                except TimeoutError:
+                    continue
+                if frame["type"] == "events":
+                    self.take(frame)
+            await ws.send(json.dumps({"type": "stop"}))
+            try:
+                async for text in ws:
+                    frame = json.loads(text)
+                    if frame["type"] == "events":
+                        self.take(frame)
+            except websockets.ConnectionClosed:
+                pass
+
+    def take(self, frame: dict) -> None:
+        seq = frame["seq"]
+        if seq != self.last_seq + 1:
+            self.lost += abs(seq - self.last_seq - 1)
+        self.last_seq = max(seq, self.last_seq)
+        self.frames += 1
+        self.notes += len(frame["events"])
+
+
+async def level(server: Server, n: int, seconds: float, start: dict) -> dict:
+    """N streams for `seconds` (timed from the moment all have started)."""
+    listeners = [Listener(i) for i in range(n)]
+    stop = asyncio.Event()
+    started = [asyncio.Event() for _ in listeners]
+    tasks = [asyncio.create_task(li.run(server, start, ev, stop)) for li, ev in zip(listeners, started, strict=True)]
+    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in started)), timeout=300)
+    await asyncio.sleep(min(2.0, seconds / 4))  # past the first lookahead, written at once
+    t0, tokens0 = time.monotonic(), await asyncio.to_thread(server.tokens_total)
+    await asyncio.sleep(seconds)
+    t1, tokens1 = time.monotonic(), await asyncio.to_thread(server.tokens_total)
+    health = (await asyncio.to_thread(httpx.get, f"{server.http}/healthz", params={"window_s": t1 - t0})).json()
+    stop.set()
+    await asyncio.gather(*tasks)
+    late, tick = health["lateness_ms"], health["tick_ms"]
+    return {
+        "sessions": n,
+        "seconds": round(t1 - t0, 2),
+        "tokens_per_s": round((tokens1 - tokens0) / (t1 - t0), 1),
+        "tick_ms_p50": tick.get("p50"),
+        "tick_ms_p99": tick.get("p99"),
+        "late_ms_p50": late.get("p50"),
+        "late_ms_p99": late.get("p99"),
+        "late_ms_max": late.get("max"),
+        "notes": sum(li.notes for li in listeners),
+        "lost": sum(li.lost for li in listeners),
+        "rss_mb": server.rss_mb(),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict:
+    sizes = [int(x) for x in args.sessions.split(",")]
+    prompt = Path(args.prompt).read_bytes() if args.prompt else dense_prompt()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    server = Server(args.checkpoint, args.device, max(sizes) + 8, out / "server.log")
+    try:
+        model = httpx.get(f"{server.http}/v1/model", timeout=30).json()
+        print(f"model {model['name']}: {model['params']:,} params, state {model['state_floats']} floats, "
+              f"device {model['device']}", flush=True)  # fmt: skip
+        start = {"type": "start", "prompt": base64.b64encode(prompt).decode(), "tempo_bpm": args.tempo,
+                 "lookahead_beats": args.lookahead, "realtime": True}  # fmt: skip
+        rows = []
+        for n in sizes:
+            row = await level(server, n, args.seconds, start)
+            if args.capacity:
+                flat = await level(server, n, args.capacity, start | {"realtime": False})
+                row["max_tokens_per_s"], row["max_tick_ms_p50"] = flat["tokens_per_s"], flat["tick_ms_p50"]
+            row["real_time"] = row["lost"] == 0 and (row["late_ms_p99"] or 0) < 50
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        return {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cpus, torch {torch.__version__}",
+            "command": " ".join(sys.argv),
+            "model": model,
+            "tempo_bpm": args.tempo,
+            "lookahead_beats": args.lookahead,
+            "levels": rows,
+        }
+    finally:
+        server.stop()
+
+
+def table(result: dict) -> str:
+    cols = ["sessions", "tokens_per_s", "tick_ms_p50", "tick_ms_p99", "late_ms_p50", "late_ms_p99", "late_ms_max",
+            "lost", "rss_mb", "max_tokens_per_s", "real_time"]  # fmt: skip
+    cols = [c for c in cols if any(c in r for r in result["levels"])]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["levels"]:
+        cells = [f"{r[c]:.1f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--sessions", default="1,8,32,64,128", help="comma-separated session counts")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured time per level")
+    p.add_argument("--capacity", type=float, default=5.0, help="seconds of flat-out (realtime false); 0: skip")
+    p.add_argument("--tempo", type=float, default=120.0)
+    p.add_argument("--lookahead", type=float, default=2.0)
+    p.add_argument("--prompt", help="a .mid to continue (default: a generated dense one, ~10 notes a beat)")
+    p.add_argument("--out", default="benchmarks/results/serve-load", help="folder for serve_load.json, the log")
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    (Path(args.out) / "serve_load.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
