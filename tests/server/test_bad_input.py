@@ -144,6 +144,9 @@ def test_bad_rest_requests_get_clear_errors(strict_server):
         assert r.status_code == 422 and r.json()["code"] == "bad_snapshot"
         r = http.post("/v1/sessions/nope/fork")
         assert r.status_code == 404 and r.json()["code"] == "unknown_session"
+        r = http.post("/v1/sessions/nope/fork", json={"seed": -1})
+        assert r.status_code == 422 and r.json() == {
+            "code": "invalid_field", "message": "seed: Input should be greater than or equal to 0"}
 
 
 def test_an_oversized_frame_closes_with_1009(strict_server):
