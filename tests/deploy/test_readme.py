@@ -1,0 +1,145 @@
+"""The README tells the truth: its examples run against a live server, its commands and flags exist, the
+settings it names are read by something, its links resolve and its benchmark numbers are in RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mido
+import pytest
+import tomllib
+
+from server.settings import Settings
+from tests.deploy.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+TESTED = re.compile(r"<!-- tested: [^>]*-->\n```(\w+)\n(.*?)```", re.S)
+TOOLS = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def example_block(language: str) -> str:
+    (block,) = [body for lang, body in TESTED.findall(README) if lang == language]
+    return block
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    """`sm1-server` on a free loopback port; yields the port."""
+    port, log = free_port(), tmp_path_factory.mktemp("readme") / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM1_")}
+    env |= {"SM1_CHECKPOINT": str(tiny_checkpoint), "SM1_PORT": str(port), "SM1_TORCH_THREADS": "1"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(["sm1-server"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    yield port
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=15)
+
+
+def on_port(example: str, port: int) -> str:
+    return example.replace("localhost:8000", f"127.0.0.1:{port}")
+
+
+def test_the_readme_opens_with_the_two_set_up_commands():
+    lang, first = FENCE.search(README).groups()
+    commands = [line.split("#")[0].strip() for line in first.splitlines()]
+    assert lang == "bash" and commands == ["bash scripts/dev.sh serve", "bash scripts/dev.sh test"]
+
+
+def test_the_curl_example_saves_a_playable_clip(server, tmp_path):
+    assert shutil.which("curl"), "curl is needed to run the README's example"
+    subprocess.run(["bash", "-c", on_port(example_block("bash"), server)], cwd=tmp_path, check=True, timeout=60)
+    clip = mido.MidiFile(tmp_path / "clip.mid")
+    assert any(m.type == "note_on" and m.velocity > 0 for track in clip.tracks for m in track)
+
+
+def test_the_websocket_client_prints_the_ready_frame_and_sixteen_notes(server, tmp_path):
+    script = tmp_path / "stream.py"
+    script.write_text(on_port(example_block("python"), server))
+    code = example_block("python")
+    assert len([line for line in code.splitlines() if line.strip()]) <= 15, "the README promises a short client"
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "'type': 'ready'" in lines[0]
+    assert len(lines[1:]) >= 16 and all(
+        re.fullmatch(r"beat +[\d.]+ +pitch +\d+ +for [\d.]+ beats", x) for x in lines[1:]
+    )
+
+
+def _invocations() -> list[tuple[str, list[str]]]:
+    """(tool, its flags) for every sm1-* command line in the README's code blocks and inline code."""
+    spans = [body for _, body in FENCE.findall(README)] + re.findall(r"`([^`\n]+)`", FENCE.sub("", README))
+    found = []
+    for span in spans:
+        for line in span.splitlines():
+            line = line.split(" #")[0]
+            for m in re.finditer(r"(?<![\w/-])(sm1-[a-z]+)((?: +[^ |;&]+)*)", line):
+                if m.group(1) in TOOLS:
+                    found.append((m.group(1), re.findall(r"(?<![\w-])--[a-z][\w-]*", m.group(2))))
+    return found
+
+
+def test_every_command_and_flag_the_readme_shows_exists():
+    invocations = _invocations()
+    assert {tool for tool, _ in invocations} >= {"sm1-server", "sm1-bridge", "sm1-generate", "sm1-data", "sm1-train"}
+    helps: dict[str, str] = {}
+    for tool, flags in invocations:
+        if tool not in helps:
+            argv = [tool, "build", "--help"] if tool == "sm1-data" else [tool, "--help"]
+            helps[tool] = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+        missing = [f for f in flags if not re.search(rf"{re.escape(f)}\b", helps[tool])]
+        assert not missing, f"{tool} has no {missing}"
+
+
+def test_every_sm1_variable_the_readme_names_is_read_by_something():
+    settings = {f"SM1_{name.upper()}" for name in Settings.model_fields}
+    sources = "".join(
+        p.read_text() for folder in ("sm1", "clients", "scripts", "docker") for p in (REPO / folder).rglob("*.*")
+        if p.suffix in (".py", ".sh", ".yaml")
+    )  # fmt: skip
+    for name in set(re.findall(r"\bSM1_[A-Z_]+\b", README)) - settings:
+        assert name in sources, f"{name} is in the README but nothing reads it"
+
+
+def test_every_relative_link_resolves():
+    visible = re.sub(r"<!--.*?-->", "", README, flags=re.S)
+    for target in re.findall(r"\]\((?!https?:|#)([^)#]+)", visible):
+        assert (REPO / target).exists(), target
+
+
+def test_every_benchmark_number_quoted_is_in_results():
+    results = (REPO / "benchmarks/RESULTS.md").read_text()
+    quoted = re.findall(r"\d+(?:[.,]\d+)*(?:e[-+]?\d+)?", section("Benchmarks"))
+    assert quoted
+    missing = [n for n in quoted if n not in results]
+    assert not missing, f"not in benchmarks/RESULTS.md: {missing}"
