@@ -98,6 +98,8 @@ def strict_server(tiny_checkpoint, tmp_path_factory):
         ws_ping_timeout_s=1,
         queue_frames=8,
         max_clip_beats=64,
+        idle_timeout_s=2,
+        cors_origins="http://daw.example,http://localhost:5173",
     )
     yield s
     s.stop()

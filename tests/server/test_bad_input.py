@@ -262,3 +262,21 @@ def test_a_client_that_vanishes_mid_stream_frees_its_slot(strict_server):
     asyncio.run(main())
     wait_for_sessions(strict_server, 0, timeout=5)
     assert strict_server.health()["status"] == "ok"
+
+
+def test_a_rest_session_nobody_streams_is_freed_after_the_idle_timeout(strict_server):
+    with strict_server.client() as http:
+        sid = http.post("/v1/sessions", json={}).json()["session"]
+        assert http.get(f"/v1/sessions/{sid}/snapshot").status_code == 200  # touching it keeps it
+        time.sleep(3.5)  # idle_timeout_s=2, checked every 0.5 s
+        assert http.get(f"/v1/sessions/{sid}/snapshot").status_code == 404
+    assert "idle for" in strict_server.log_text()
+
+
+def test_cors_allows_only_the_configured_origins(strict_server):
+    def preflight(origin: str) -> httpx.Response:
+        headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        return httpx.options(f"{strict_server.http}/v1/generate", headers=headers)
+
+    assert preflight("http://daw.example").headers["access-control-allow-origin"] == "http://daw.example"
+    assert "access-control-allow-origin" not in preflight("http://evil.example").headers
