@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from server import rest
@@ -91,4 +92,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(rest.open_router)
     app.add_api_websocket_route("/v1/stream", stream_endpoint)
+    # the browser client (server/static); mounted last, as it answers every path no route took
+    app.mount("/", StaticFiles(packages=[("server", "static")], html=True), name="browser")
     return app
