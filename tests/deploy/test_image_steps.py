@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,13 +18,8 @@ import urllib.request
 import pytest
 
 from sm1.checkpoint import CheckpointError, resolve_default
+from tests.deploy.conftest import free_port
 from tests.deploy.replay import SYSTEM_STEPS, Replay
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

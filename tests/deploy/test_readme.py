@@ -3,17 +3,12 @@ settings it names are read by something, its links resolve and its benchmark num
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 import mido
-import pytest
 import tomllib
 
 from server.settings import Settings
@@ -36,35 +31,6 @@ def example_block(language: str) -> str:
     return block
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
-    """`sm1-server` on a free loopback port; yields the port."""
-    port, log = free_port(), tmp_path_factory.mktemp("readme") / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM1_")}
-    env |= {"SM1_CHECKPOINT": str(tiny_checkpoint), "SM1_PORT": str(port), "SM1_TORCH_THREADS": "1"}
-    with open(log, "w") as out:
-        process = subprocess.Popen(["sm1-server"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-    yield port
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=15)
-
-
 def on_port(example: str, port: int) -> str:
     return example.replace("localhost:8000", f"127.0.0.1:{port}")
 
@@ -75,16 +41,16 @@ def test_the_readme_opens_with_the_two_set_up_commands():
     assert lang == "bash" and commands == ["bash scripts/dev.sh serve", "bash scripts/dev.sh test"]
 
 
-def test_the_curl_example_saves_a_playable_clip(server, tmp_path):
+def test_the_curl_example_saves_a_playable_clip(live_server, tmp_path):
     assert shutil.which("curl"), "curl is needed to run the README's example"
-    subprocess.run(["bash", "-c", on_port(example_block("bash"), server)], cwd=tmp_path, check=True, timeout=60)
+    subprocess.run(["bash", "-c", on_port(example_block("bash"), live_server)], cwd=tmp_path, check=True, timeout=60)
     clip = mido.MidiFile(tmp_path / "clip.mid")
     assert any(m.type == "note_on" and m.velocity > 0 for track in clip.tracks for m in track)
 
 
-def test_the_websocket_client_prints_the_ready_frame_and_sixteen_notes(server, tmp_path):
+def test_the_websocket_client_prints_the_ready_frame_and_sixteen_notes(live_server, tmp_path):
     script = tmp_path / "stream.py"
-    script.write_text(on_port(example_block("python"), server))
+    script.write_text(on_port(example_block("python"), live_server))
     code = example_block("python")
     assert len([line for line in code.splitlines() if line.strip()]) <= 15, "the README promises a short client"
     done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
