@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import secrets
@@ -42,14 +43,18 @@ class EngineWorker:
 
     async def call(self, fn: Callable[..., Any], *args: Any, on_orphan: Callable[[Any], Any] | None = None) -> Any:
         """Run `fn(*args)` on the engine thread. A job cannot be stopped once it runs: if the caller is
-        cancelled meanwhile (a client left), `on_orphan(result)` undoes it (e.g. frees the slot)."""
+        cancelled meanwhile (a client left), `on_orphan(result)` undoes it there (e.g. frees the slot)."""
         future = asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if on_orphan is not None:
-                future.add_done_callback(lambda f: f.cancelled() or f.exception() or on_orphan(f.result()))
+                future.add_done_callback(lambda f: f.cancelled() or f.exception() or self.submit(on_orphan, f.result()))
             raise
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the engine thread without waiting for it."""
+        self._executor.submit(fn, *args)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -202,6 +207,7 @@ class SessionHub:
             tempo_bpm=options.tempo_bpm or self.settings.default_tempo_bpm,
             lookahead_beats=options.lookahead_beats or self.settings.default_lookahead_beats,
             realtime=True if options.realtime is None else options.realtime,
+            lead_s=self.settings.pacing_lead_s,
         )
         pacing.anchor(es.start_beat, time.monotonic())
         return self._register(es, pacing, owner)
@@ -210,7 +216,7 @@ class SessionHub:
         async with self._admission():
             try:
                 es, extra = await self.worker.call(
-                    self.engine.restore, blob, on_orphan=lambda r: self.engine.release(r[0])
+                    self.engine.restore, blob, on_orphan=lambda restored: self.engine.release(restored[0])
                 )
             except SnapshotError as e:
                 raise BadSnapshot(str(e)) from e
@@ -220,7 +226,7 @@ class SessionHub:
         async with self._admission():
             es = await self.worker.call(self.engine.fork, parent.es, seed, on_orphan=self.engine.release)
         now = time.monotonic()
-        pacing = Pacing(parent.pacing.tempo_bpm, parent.pacing.lookahead_beats, parent.pacing.realtime)
+        pacing = dataclasses.replace(parent.pacing)
         pacing.anchor(parent.pacing.position(now), now)
         return self._register(es, pacing, "rest")
 
@@ -250,11 +256,12 @@ class SessionHub:
         return ls
 
     def _pacing_from(self, d: Any, es: EngineSession) -> Pacing:
-        pacing = Pacing(self.settings.default_tempo_bpm, self.settings.default_lookahead_beats)
+        lead = self.settings.pacing_lead_s
+        pacing = Pacing(self.settings.default_tempo_bpm, self.settings.default_lookahead_beats, lead_s=lead)
         beat = es.beat
         if isinstance(d, dict):
             try:
-                pacing = Pacing(float(d["tempo_bpm"]), float(d["lookahead_beats"]), bool(d["realtime"]))
+                pacing = Pacing(float(d["tempo_bpm"]), float(d["lookahead_beats"]), bool(d["realtime"]), lead)
                 beat = float(d["beat"])
             except (KeyError, TypeError, ValueError):
                 log.warning("snapshot pacing is unreadable; using the defaults")

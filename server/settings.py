@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     ws_ping_timeout_s: float = Field(20.0, gt=0, description="no pong this long: the client is dropped")
     default_tempo_bpm: float = Field(120.0, ge=1, le=1000)
     default_lookahead_beats: float = Field(2.0, gt=0, le=64)
+    pacing_lead_s: float = Field(
+        0.15, ge=0, le=5, description="start writing an onset's notes this much before the lookahead reaches it"
+    )
     prefill_chunk: int = Field(256, ge=1, description="prompt tokens per forward call")
     prefill_budget: int = Field(256, ge=1, description="prompt tokens prefilled per tick, all sessions together")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core but one")

@@ -157,3 +157,11 @@ def test_pacing_keeps_the_horizon_a_lookahead_ahead_of_playback():
     p.resume(now=200.0)
     assert p.position(200.5) == 7.0
     assert Pacing(realtime=False).wants_tokens(horizon=1e9, now=0.0)
+
+
+def test_the_writer_lead_starts_an_onset_a_little_before_the_lookahead_reaches_it():
+    p = Pacing(tempo_bpm=120, lookahead_beats=2, lead_s=0.25)  # 0.5 beat
+    p.anchor(0.0, now=0.0)
+    assert p.wants_tokens(horizon=2.4, now=0.0) and not p.wants_tokens(horizon=2.5, now=0.0)
+    assert p.seconds_until_wanted(horizon=3.5, now=0.0) == pytest.approx(0.5)
+    assert p.deadline(3.5) == pytest.approx(0.75)  # the promise to the client does not move
