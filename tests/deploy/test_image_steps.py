@@ -89,6 +89,9 @@ def test_the_image_starts_healthy_serves_the_shipped_checkpoint_and_stops_cleanl
     with urllib.request.urlopen(f"http://127.0.0.1:{env['SM1_PORT']}/v1/model", timeout=10) as r:
         model = json.load(r)
     assert model["name"] == json.loads((shipped / "config.json").read_text()).get("name", shipped.name)
+    for page in ("/", "/app.js"):  # the browser client: package data the non-editable install must carry
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['SM1_PORT']}{page}", timeout=10) as r:
+            assert r.status == 200 and r.read(), page
 
     process.send_signal(signal.SIGTERM)  # what `docker stop` sends; uvicorn drains, then dies by the signal
     assert process.wait(timeout=15) in (0, -signal.SIGTERM), log.read_text()
