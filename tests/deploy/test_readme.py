@@ -97,10 +97,14 @@ def test_every_sm1_variable_the_readme_names_is_read_by_something():
         assert name in sources, f"{name} is in the README but nothing reads it"
 
 
-def test_every_relative_link_resolves():
-    visible = re.sub(r"<!--.*?-->", "", README, flags=re.S)
+def test_every_relative_link_and_anchor_resolves():
+    visible = re.sub(r"<!--.*?-->", "", FENCE.sub("", README), flags=re.S)
     for target in re.findall(r"\]\((?!https?:|#)([^)#]+)", visible):
         assert (REPO / target).exists(), target
+    # GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens
+    anchors = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", visible, re.M)}
+    for anchor in re.findall(r"\]\(#([^)]+)\)", visible):
+        assert anchor in anchors, anchor
 
 
 def test_every_benchmark_number_quoted_is_in_results():
