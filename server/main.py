@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 
 from server.app import create_app
 from server.settings import Settings
+from sm1.checkpoint import CheckpointError, resolve_default
 
 log = logging.getLogger("sm1.server")
 
@@ -65,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     settings = Settings(**parse_args(argv))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.checkpoint is None:
+        try:
+            settings.checkpoint = resolve_default()
+        except CheckpointError as e:
+            sys.exit(f"sm1-server: {e}; pass --checkpoint DIR (or SM1_CHECKPOINT), or train one (README)")
     app = create_app(settings)
     config = uvicorn.Config(
         app,

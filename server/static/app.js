@@ -51,6 +51,7 @@ async function start() {
   const tempo = Number($("tempo").value);
   roll.clear();
   state.received = 0;
+  let refused = false;
   setPhase("connecting", "connecting…");
   stream = new Stream(streamUrl($("api-key").value), {
     onReady(frame) {
@@ -67,21 +68,25 @@ async function start() {
     },
     onServerError(frame) {
       showMessage(`The server refused: ${frame.message} (${frame.code})`);
-      if (state.phase === "connecting") stream.stop(); // no session was made: nothing to wait for
+      if (state.phase === "connecting") {
+        refused = true;
+        stream.close(); // no session was made: nothing to stop
+      }
     },
     onEnd() {},
     onClose(code, reason, stopped) {
       clearInterval(clockTimer);
       player.stop();
-      if (stopped) {
+      const started = state.phase !== "connecting";
+      if (stopped && started) {
         setPhase("stopped", "stopped");
-      } else if (state.phase === "connecting" && code === 1006) {
-        showMessage(`Cannot reach the SM1 server at ${location.host}.`);
-        setPhase("error", "not connected");
-      } else {
-        showMessage(`The stream ended: ${closeMessage(code, reason)}.`);
-        setPhase("error", "disconnected");
+        return;
       }
+      if (!refused) {
+        const cannotReach = !started && code === 1006;
+        showMessage(cannotReach ? `Cannot reach the SM1 server at ${location.host}.` : `${closeMessage(code, reason)}.`);
+      }
+      setPhase("error", started ? "disconnected" : "not connected");
     },
   });
   stream.open({ prompt, params: params(), tempo_bpm: tempo });

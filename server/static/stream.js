@@ -2,17 +2,17 @@
 
 // What a person should read when the server closes the connection with one of these codes.
 const CLOSE_REASONS = {
-  1001: "the server is shutting down",
-  1006: "the connection to the server was lost",
-  1008: "the server refused the connection",
-  1009: "a message was too large for the server",
-  1011: "the server hit an internal error",
-  1012: "the server is restarting",
-  1013: "the server is full (every session slot is in use); try again later",
+  1001: "The server is shutting down",
+  1006: "The connection to the server was lost",
+  1008: "The server refused the connection",
+  1009: "A message was too large for the server",
+  1011: "The server hit an internal error",
+  1012: "The server is restarting",
+  1013: "The server is full (every session slot is in use); try again later",
 };
 
 export function closeMessage(code, reason) {
-  const what = CLOSE_REASONS[code] || `the connection closed (code ${code})`;
+  const what = CLOSE_REASONS[code] || `The connection closed (code ${code})`;
   return reason ? `${what}: ${reason}` : what;
 }
 
@@ -57,8 +57,15 @@ export class Stream {
     return true;
   }
 
+  // The polite end: `stop`, then the server's `end` and close.
   stop() {
     this.stopping = true;
-    if (!this.send({ type: "stop" }) && this.ws) this.ws.close();
+    if (!this.send({ type: "stop" })) this.close();
+  }
+
+  // Hang up at once (no session to stop).
+  close() {
+    this.stopping = true;
+    if (this.ws) this.ws.close();
   }
 }

@@ -1,7 +1,9 @@
 """SIGTERM: the server stops admitting, sends `end` to every stream, closes each with 1001, and exits."""
 
 import asyncio
+import os
 import signal
+import subprocess
 
 import httpx
 import pytest
@@ -35,3 +37,13 @@ def test_sigterm_ends_every_stream_with_1001(tiny_checkpoint, tmp_path):
         server.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.http}/healthz", timeout=2)
+
+
+def test_without_a_checkpoint_the_server_exits_with_one_clear_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM1_")} | {"SM1_CHECKPOINTS": str(tmp_path)}
+    done = subprocess.run(["sm1-server"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"sm1-server: no checkpoint found under {tmp_path} (expected a folder with config.json); "
+        "pass --checkpoint DIR (or SM1_CHECKPOINT), or train one (README)"
+    )
