@@ -37,8 +37,8 @@ def log_tail(path: Path, lines: int = 30) -> str:
 class ServerProcess:
     """`sm1-server` with a checkpoint on a loopback port, in its own process: tests kill and restart it."""
 
-    def __init__(self, checkpoint: Path, log_dir: Path, port: int | None = None) -> None:
-        self.checkpoint, self.port = checkpoint, port or free_port()
+    def __init__(self, checkpoint: Path, log_dir: Path, *args: str) -> None:
+        self.checkpoint, self.port, self.args = checkpoint, free_port(), args
         self.log = log_dir / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -50,7 +50,7 @@ class ServerProcess:
         env = {**os.environ, "SM1_TORCH_THREADS": "1", "SM1_LOG_LEVEL": "warning"}
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
-                ["sm1-server", "--checkpoint", str(self.checkpoint), "--port", str(self.port)],
+                ["sm1-server", "--checkpoint", str(self.checkpoint), "--port", str(self.port), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
