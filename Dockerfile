@@ -22,9 +22,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 ENV PATH="$VIRTUAL_ENV/bin:$PATH"
 
 # ---- where torch comes from -------------------------------------------------------------------------
-# Empty index: PyPI, whose Linux x86_64 torch wheels are CUDA builds (torch 2.13.0: CUDA 13.0, kernels for
-# sm_75 to sm_120; needs an NVIDIA driver >= 580). Hosts with an older driver build with
-# --build-arg TORCH_GPU_INDEX_URL=<PyTorch's index for a CUDA 12.8 build>.
+# Empty index: PyPI, whose Linux x86_64 torch wheels are CUDA builds (torch 2.13.0: CUDA 13.0; CUDA 12.8
+# and later carry Blackwell sm_120 kernels; 13.0 needs an NVIDIA driver >= 580). Hosts with an older
+# driver build with --build-arg TORCH_GPU_INDEX_URL=<PyTorch's index for a CUDA 12.8 build>.
 FROM base AS torch-gpu
 ARG TORCH_GPU_INDEX_URL=""
 ENV TORCH_INDEX_URL=$TORCH_GPU_INDEX_URL
