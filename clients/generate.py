@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fast", action="store_true", help="with --stream: as fast as the server writes, not in real time")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    args.length_beats = args.beats if args.beats is not None else (args.bars or 4.0) * args.beats_per_bar
+    bars = args.bars if args.bars is not None else 4.0
+    args.length_beats = args.beats if args.beats is not None else bars * args.beats_per_bar
     if args.length_beats <= 0:
         p.error("the length must be more than 0")
     if args.program is not None and args.stream:
@@ -187,7 +188,10 @@ def record_stream(args: argparse.Namespace) -> tuple[list[NoteEvent], dict[str, 
         raise Failed(str(e)) from e
     if recorder.start_beat is None:
         raise Failed("the stream ended before it started")
-    return fit(recorder.events, recorder.start_beat, args.length_beats), {"seed": recorder.seed}
+    # `ready.beat` is the playback position when the server answered: where the prompt ended plus the
+    # moments since (a few microseconds of beats); a note at the stream's very start sits just before it
+    start = min([recorder.start_beat, *(e.beat for e in recorder.events)])
+    return fit(recorder.events, start, args.length_beats), {"seed": recorder.seed}
 
 
 def main(argv: list[str] | None = None) -> int:

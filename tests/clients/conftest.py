@@ -89,9 +89,9 @@ def output_dir() -> Path:
     return OUTPUT
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_checkpoint, output_dir):
-    """One server for the tests of a module that do not kill it."""
+    """One server for the tests that do not kill it."""
     srv = ServerProcess(tiny_checkpoint, output_dir).start()
     yield srv
     srv.stop()
