@@ -3,6 +3,7 @@ settings it names are read by something, its links resolve and its benchmark num
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -26,9 +27,8 @@ def section(title: str) -> str:
     return README[start : end if end != -1 else None]
 
 
-def example_block(language: str) -> str:
-    (block,) = [body for lang, body in TESTED.findall(README) if lang == language]
-    return block
+def example_blocks(language: str) -> list[str]:
+    return [body for lang, body in TESTED.findall(README) if lang == language]
 
 
 def on_port(example: str, port: int) -> str:
@@ -41,17 +41,28 @@ def test_the_readme_opens_with_the_two_set_up_commands():
     assert lang == "bash" and commands == ["bash scripts/dev.sh serve", "bash scripts/dev.sh test"]
 
 
-def test_the_curl_example_saves_a_playable_clip(live_server, tmp_path):
-    assert shutil.which("curl"), "curl is needed to run the README's example"
-    subprocess.run(["bash", "-c", on_port(example_block("bash"), live_server)], cwd=tmp_path, check=True, timeout=60)
+def run_bash(example: str, port: int, cwd) -> str:
+    assert shutil.which("curl"), "curl is needed to run the README's examples"
+    done = subprocess.run(["bash", "-c", on_port(example, port)], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_first_curl_example_saves_a_playable_clip(live_server, tmp_path):
+    run_bash(example_blocks("bash")[0], live_server, tmp_path)
     clip = mido.MidiFile(tmp_path / "clip.mid")
     assert any(m.type == "note_on" and m.velocity > 0 for track in clip.tracks for m in track)
 
 
+def test_the_json_curl_example_prints_notes(live_server, tmp_path):
+    clip = json.loads(run_bash(example_blocks("bash")[1], live_server, tmp_path))
+    assert clip["seed"] == 7 and clip["events"] and all(e["type"] == "note" for e in clip["events"])
+
+
 def test_the_websocket_client_prints_the_ready_frame_and_sixteen_notes(live_server, tmp_path):
     script = tmp_path / "stream.py"
-    script.write_text(on_port(example_block("python"), live_server))
-    code = example_block("python")
+    script.write_text(on_port(example_blocks("python")[0], live_server))
+    code = example_blocks("python")[0]
     assert len([line for line in code.splitlines() if line.strip()]) <= 15, "the README promises a short client"
     done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
