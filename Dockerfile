@@ -70,7 +70,7 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 # (runtime-${VARIANT} is a stage of this file too, not an image)
 # hadolint ignore=DL3006
 FROM runtime-${VARIANT} AS runtime
-RUN useradd --create-home --uid 10001 --user-group sm1
+RUN groupadd --gid 10001 sm1 && useradd --create-home --uid 10001 --gid 10001 sm1
 COPY --from=builder /opt/venv /opt/venv
 COPY checkpoints /opt/sm1/checkpoints
 COPY docker/healthcheck.py /opt/sm1/healthcheck.py

@@ -3,7 +3,7 @@
 What runs for real: every RUN of the chosen stages (with the stage's ARG and ENV values), every COPY from
 the build context (filtered by .dockerignore) and between stages, WORKDIR, and the ENTRYPOINT and
 HEALTHCHECK commands. What cannot run here is named, never skipped silently: RUN steps that change the
-machine itself (`useradd`, `apt-get`) are listed in SYSTEM_STEPS and refused if any other RUN would
+machine itself (`groupadd`/`useradd`, `apt-get`) are listed in SYSTEM_STEPS and refused if any other RUN would
 touch an absolute path. Two differences from Docker, both for speed and both stated in the README: the
 virtual environment the image creates is allowed to see this machine's installed packages (so nothing
 is downloaded again; the project itself is still built and installed into it from the context), and the
@@ -21,7 +21,14 @@ from pathlib import Path
 
 from tests.deploy.dockerfile import Dockerfile, Instruction, expand, split_assignments
 
-SYSTEM_STEPS = ("useradd ", "apt-get ")  # need root and change this machine: Docker-only
+SYSTEM_STEPS = ("groupadd ", "useradd ", "apt-get ", "rm -rf /var/lib/apt/lists/")  # root, this machine: Docker-only
+
+
+def is_system_step(run: str) -> bool:
+    """A RUN whose every `&&` part is one of SYSTEM_STEPS."""
+    return all(part.strip().startswith(SYSTEM_STEPS) for part in run.split("&&"))
+
+
 _ABSOLUTE = re.compile(r"(?:^|[\s=:'\"])/\w")
 
 
@@ -116,7 +123,7 @@ class Replay:
         state.created.append(dest_path)
 
     def _run(self, ins: Instruction, state: StageState, scope: dict[str, str]) -> None:
-        if ins.args.startswith(SYSTEM_STEPS):
+        if is_system_step(ins.args):
             state.skipped.append(ins.args)
             return
         assert not _ABSOLUTE.search(ins.args), f"Dockerfile:{ins.line}: RUN names an absolute path: {ins.args}"

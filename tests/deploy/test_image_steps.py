@@ -19,7 +19,7 @@ import pytest
 
 from sm1.checkpoint import CheckpointError, resolve_default
 from tests.deploy.conftest import free_port
-from tests.deploy.replay import SYSTEM_STEPS, Replay
+from tests.deploy.replay import Replay, is_system_step
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def healthcheck(replay, runtime, env) -> subprocess.CompletedProcess:
 
 def test_only_steps_that_change_the_machine_are_left_to_docker(image):
     _, runtime = image
-    assert runtime.skipped and all(step.startswith(SYSTEM_STEPS) for step in runtime.skipped)
+    assert runtime.skipped and all(is_system_step(step) for step in runtime.skipped)
 
 
 def test_the_package_is_installed_from_the_context_not_the_checkout(image, repo):
