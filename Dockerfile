@@ -64,8 +64,8 @@ FROM base AS runtime-gpu
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
-ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# which GPUs: from `--gpus` or the compose device reservation; what the container may use of the driver:
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # (runtime-${VARIANT} is a stage of this file too, not an image)
 # hadolint ignore=DL3006
