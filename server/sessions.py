@@ -125,6 +125,7 @@ class LiveSession:
     backlog: list[Outgoing] = field(default_factory=list)  # frames made while no one was attached
     last_seen: float = field(default_factory=time.monotonic)
     released: bool = False
+    prefilled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def outbox(self) -> Outbox | None:
@@ -169,6 +170,7 @@ class SessionHub:
         self.model_name, self.settings, self.metrics, self.wake = model_name, settings, metrics, wake
         self.sessions: dict[str, LiveSession] = {}
         self.connections: set[Attachable] = set()  # for the drain on shutdown
+        self.prefilling: set[LiveSession] = set()  # waiting for their prompt to be read
         self.accepting = True
         self._admitting = 0
 
@@ -210,7 +212,7 @@ class SessionHub:
             lead_s=self.settings.pacing_lead_s,
         )
         pacing.anchor(es.start_beat, time.monotonic())
-        return self._register(es, pacing, owner)
+        return await self._prefilled(self._register(es, pacing, owner))
 
     async def restore(self, blob: bytes) -> LiveSession:
         async with self._admission():
@@ -220,7 +222,7 @@ class SessionHub:
                 )
             except SnapshotError as e:
                 raise BadSnapshot(str(e)) from e
-        return self._register(es, self._pacing_from(extra.get("pacing"), es), "rest")
+        return await self._prefilled(self._register(es, self._pacing_from(extra.get("pacing"), es), "rest"))
 
     async def fork(self, parent: LiveSession, seed: int | None) -> LiveSession:
         async with self._admission():
@@ -228,7 +230,7 @@ class SessionHub:
         now = time.monotonic()
         pacing = dataclasses.replace(parent.pacing)
         pacing.anchor(parent.pacing.position(now), now)
-        return self._register(es, pacing, "rest")
+        return await self._prefilled(self._register(es, pacing, "rest"))
 
     async def generate(self, tokens: list[int] | None, params: SamplingParams, length: ClipLength) -> LiveSession:
         """A clip, generated inside the ticks (batched with every stream); await `ls.clip.done`."""
@@ -246,6 +248,26 @@ class SessionHub:
             self.metrics.errors.labels("server_full").inc()
             raise ServerFull(f"all {self.engine.capacity} session slots are in use; try again later")
         return _Admission(self)
+
+    async def _prefilled(self, ls: LiveSession) -> LiveSession:
+        """Wait until the model has read the session's prompt, so that its clock starts with notes to play
+        (the ticks prefill it, a chunk at a time, between the other sessions' steps)."""
+        if ls.es.pending:
+            self.prefilling.add(ls)
+            self.wake()
+            try:
+                await ls.prefilled.wait()
+            except asyncio.CancelledError:  # the client left meanwhile
+                if self._forget(ls):
+                    self.worker.submit(self.engine.release, ls.es)
+                raise
+        return ls
+
+    def prefill_done(self) -> None:
+        """After a tick: let the sessions whose prompt is read go on."""
+        for ls in [ls for ls in self.prefilling if not ls.es.pending]:
+            self.prefilling.discard(ls)
+            ls.prefilled.set()
 
     def _register(self, es: EngineSession, pacing: Pacing, owner: Owner) -> LiveSession:
         """Its clock stands still until a connection attaches (a REST session may wait minutes for one)."""
@@ -302,12 +324,18 @@ class SessionHub:
 
     # ---- ending ---------------------------------------------------------------------------------------
     async def release(self, ls: LiveSession) -> None:
+        if self._forget(ls):
+            await self.worker.call(self.engine.release, ls.es)
+
+    def _forget(self, ls: LiveSession) -> bool:
+        """Take `ls` out of the hub (its slot is freed next); False if it was already."""
         if ls.released:
-            return
+            return False
         ls.released = True
         self.sessions.pop(ls.id, None)
+        self.prefilling.discard(ls)
         self.metrics.sessions.set(len(self.sessions))
-        await self.worker.call(self.engine.release, ls.es)
+        return True
 
     async def delete(self, ls: LiveSession) -> None:
         if ls.connection is not None:

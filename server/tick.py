@@ -48,6 +48,7 @@ class TickLoop:
             by_engine_session = {s.es: s for s in ready}
             for g in generated:
                 by_engine_session[g.session].deliver(g)
+            hub.prefill_done()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -209,3 +209,22 @@ def test_reset_plays_the_same_notes_again(server):
     first, again, seqs = asyncio.run(main())
     assert again == first
     assert seqs[0] > 0  # numbering never goes back, so a client sees the reset is not a loss
+
+
+def test_ready_comes_once_a_long_prompt_is_read_so_the_first_notes_are_on_time(server):
+    prompt = base64.b64encode(midi_bytes("Funkytown.mid")).decode()  # about 19,000 tokens to prefill
+
+    async def main():
+        async with connect(server) as ws:
+            s = Stream(ws)
+            await s.send(type="start", prompt=prompt, params={"seed": 12}, tempo_bpm=240, lookahead_beats=4)
+            ready = await s.expect("ready")
+            t_ready = time.monotonic()
+            first = await s.expect("events")
+            return t_ready, ready, time.monotonic(), first
+
+    t_ready, ready, t_first, first = asyncio.run(main())
+    assert ready["beat"] > 100  # the clock starts where the prompt ends
+    assert first["events"][0]["beat"] >= ready["beat"]
+    due = t_ready + (first["events"][0]["beat"] - ready["beat"] - 4) * 60 / 240
+    assert t_first - max(due, t_ready) < 0.3, "the first notes waited for the prefill"
