@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing as mp
 import os
 import platform
 import re
@@ -33,7 +34,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-import torch
 import websockets
 
 from sm1.events import NoteEvent
@@ -100,8 +100,8 @@ class Listener:
     def __init__(self, i: int) -> None:
         self.i, self.frames, self.notes, self.lost, self.last_seq = i, 0, 0, 0, -1
 
-    async def run(self, server: Server, start: dict, started: asyncio.Event, stop: asyncio.Event) -> None:
-        async with websockets.connect(server.ws, max_size=None, open_timeout=60) as ws:
+    async def run(self, ws_url: str, start: dict, started: asyncio.Event, stop: asyncio.Event) -> None:
+        async with websockets.connect(ws_url, max_size=None, open_timeout=600) as ws:
             await ws.send(json.dumps(start | {"params": {"seed": self.i}}))
             while json.loads(await ws.recv())["type"] != "ready":
                 pass
@@ -131,20 +131,52 @@ class Listener:
         self.notes += len(frame["events"])
 
 
-async def level(server: Server, n: int, seconds: float, start: dict) -> dict:
-    """N streams for `seconds` (timed from the moment all have started)."""
-    listeners = [Listener(i) for i in range(n)]
-    stop = asyncio.Event()
-    started = [asyncio.Event() for _ in listeners]
-    tasks = [asyncio.create_task(li.run(server, start, ev, stop)) for li, ev in zip(listeners, started, strict=True)]
-    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in started)), timeout=300)
-    await asyncio.sleep(min(2.0, seconds / 4))  # past the first lookahead, written at once
-    t0, tokens0 = time.monotonic(), await asyncio.to_thread(server.tokens_total)
-    await asyncio.sleep(seconds)
-    t1, tokens1 = time.monotonic(), await asyncio.to_thread(server.tokens_total)
-    health = (await asyncio.to_thread(httpx.get, f"{server.http}/healthz", params={"window_s": t1 - t0})).json()
-    stop.set()
-    await asyncio.gather(*tasks)
+def client_process(ws_url: str, start: dict, ids: list[int], commands: mp.Queue, reports: mp.Queue) -> None:
+    """A process of listeners: thousands of streams need more than one client process's CPU."""
+
+    async def main() -> None:
+        listeners = [Listener(i) for i in ids]
+        stop, started = asyncio.Event(), [asyncio.Event() for _ in ids]
+        runs = [li.run(ws_url, start, ev, stop) for li, ev in zip(listeners, started, strict=True)]
+        tasks = [asyncio.create_task(r) for r in runs]
+        all_started = asyncio.ensure_future(asyncio.gather(*(ev.wait() for ev in started)))
+        while not all_started.done():  # a stream that fails to start ends the run with its error
+            done, _ = await asyncio.wait([all_started, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done - {all_started}:
+                reports.put(f"a stream failed to start: {t.exception()!r}")
+                return
+        reports.put("started")
+        await asyncio.to_thread(commands.get)
+        stop.set()
+        await asyncio.gather(*tasks)
+        reports.put({"notes": sum(li.notes for li in listeners), "lost": sum(li.lost for li in listeners)})
+
+    asyncio.run(main())
+
+
+def level(server: Server, n: int, seconds: float, start: dict, procs: int) -> dict:
+    """N streams for `seconds`, timed from the moment all have started (read their prompt)."""
+    ctx = mp.get_context("spawn")
+    reports, commands = ctx.Queue(), [ctx.Queue() for _ in range(procs)]
+    workers = [
+        ctx.Process(target=client_process, args=(server.ws, start, list(range(j, n, procs)), commands[j], reports))
+        for j in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        if (report := reports.get(timeout=900)) != "started":
+            raise RuntimeError(report)
+    time.sleep(min(2.0, seconds / 4))  # past the first lookahead, written at once
+    t0, tokens0 = time.monotonic(), server.tokens_total()
+    time.sleep(seconds)
+    t1, tokens1 = time.monotonic(), server.tokens_total()
+    health = httpx.get(f"{server.http}/healthz", params={"window_s": t1 - t0}, timeout=60).json()
+    for q in commands:
+        q.put("stop")
+    counts = [reports.get(timeout=300) for _ in workers]
+    for w in workers:
+        w.join()
     late, tick = health["lateness_ms"], health["tick_ms"]
     return {
         "sessions": n,
@@ -155,13 +187,15 @@ async def level(server: Server, n: int, seconds: float, start: dict) -> dict:
         "late_ms_p50": late.get("p50"),
         "late_ms_p99": late.get("p99"),
         "late_ms_max": late.get("max"),
-        "notes": sum(li.notes for li in listeners),
-        "lost": sum(li.lost for li in listeners),
+        "notes": sum(c["notes"] for c in counts),
+        "lost": sum(c["lost"] for c in counts),
         "rss_mb": server.rss_mb(),
     }
 
 
-async def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    import torch  # only for its version in the report (client processes need not import it)
+
     sizes = [int(x) for x in args.sessions.split(",")]
     prompt = Path(args.prompt).read_bytes() if args.prompt else dense_prompt()
     out = Path(args.out)
@@ -175,9 +209,10 @@ async def run(args: argparse.Namespace) -> dict:
                  "lookahead_beats": args.lookahead, "realtime": True}  # fmt: skip
         rows = []
         for n in sizes:
-            row = await level(server, n, args.seconds, start)
+            procs = args.client_procs or max(1, min((os.cpu_count() or 2) // 2, -(-n // 256)))
+            row = level(server, n, args.seconds, start, procs)
             if args.capacity:
-                flat = await level(server, n, args.capacity, start | {"realtime": False})
+                flat = level(server, n, args.capacity, start | {"realtime": False}, procs)
                 row["max_tokens_per_s"], row["max_tick_ms_p50"] = flat["tokens_per_s"], flat["tick_ms_p50"]
             row["real_time"] = row["lost"] == 0 and (row["late_ms_p99"] or 0) < 50
             rows.append(row)
@@ -217,9 +252,10 @@ def main() -> None:
     p.add_argument("--tempo", type=float, default=120.0)
     p.add_argument("--lookahead", type=float, default=2.0)
     p.add_argument("--prompt", help="a .mid to continue (default: a generated dense one, ~10 notes a beat)")
+    p.add_argument("--client-procs", type=int, default=0, help="client processes (default: 1 per 256 streams)")
     p.add_argument("--out", default="benchmarks/results/serve-load", help="folder for serve_load.json, the log")
     args = p.parse_args()
-    result = asyncio.run(run(args))
+    result = run(args)
     (Path(args.out) / "serve_load.json").write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 
