@@ -96,8 +96,9 @@ def _run_batch(args: tuple[list[Item], str, MidiLimits, int]) -> dict[str, int]:
     tok = Tokenizer.default()
     records, arrays = [], []
     for item in items:
+        start = time.perf_counter()
         record, tokens = _tokenize(item, tok, limits, timeout_s)
-        records.append(record)
+        records.append({**record, "seconds": round(time.perf_counter() - start, 4)})
         arrays.append(tokens)
     base = Path(parts_dir) / _batch_name(items)
     np.save(f"{base}.tmp.npy", np.concatenate(arrays) if arrays else np.zeros(0, np.uint16))
@@ -160,6 +161,7 @@ class _Stats:
     licence: dict[str, str] = field(default_factory=dict)
     reasons: Counter = field(default_factory=Counter)
     examples: list[tuple[str, str]] = field(default_factory=list)
+    work_seconds: float = 0.0  # time spent on items by the workers, over every run that made the parts
 
 
 def _merge(batches: list[list[Item]], parts: Path, out: Path, val_fraction: float) -> tuple[dict, _Stats]:
@@ -179,6 +181,7 @@ def _merge(batches: list[list[Item]], parts: Path, out: Path, val_fraction: floa
                 counts = stats.per_source.setdefault(item.source, Counter())
                 stats.licence[item.source] = item.licence
                 counts["seen"] += 1
+                stats.work_seconds += rec.get("seconds", 0.0)
                 reason = rec.get("skipped")
                 if reason is None and rec["sha1"] in seen:
                     reason = f"duplicate of {seen[rec['sha1']]}"
@@ -216,7 +219,7 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("duplicate of"):
         return "duplicate content"
     kind, sep, message = reason.partition(": ")
-    if sep and kind.isidentifier() and kind.endswith(("Exception", "Error")):  # a parser's exception (music21): keep its message
+    if sep and kind.isidentifier() and kind.endswith(("Exception", "Error")):  # music21's: keep the message
         message = re.sub(r"<[^>]*>|\([^)]*\)|\d+", "N", message)
         return f"{kind}: {message}"[:100]
     return reason.split("(")[0].split(":")[0].strip()[:80]
@@ -255,4 +258,5 @@ def _report(sources, opts, excluded, stats: _Stats, batches, todo, tokenize_s, t
         "batches_reused": len(batches) - len(todo),
         "tokenize_seconds": round(tokenize_s, 2),
         "seconds": round(total_s, 2),
+        "worker_seconds_all_runs": round(stats.work_seconds, 1),
     }
