@@ -47,8 +47,7 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(folder, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("shards")
-    return out, sm1_data(str(folder), "--out", str(out), "--workers", "2", "--batch-size", "4",
-                         "--val-fraction", "0.3")
+    return out, sm1_data(str(folder), "--out", str(out), "--workers", "2", "--batch-size", "4", "--val-fraction", "0.3")
 
 
 def test_build_counts_every_file_and_says_why_it_skipped(built):
@@ -93,8 +92,7 @@ def test_a_rerun_resumes_and_writes_the_same_bytes(built, folder):
     assert again["batches_reused"] == again["batches"] == report["batches"]
     victim = sorted((out / "parts").glob("*.json"))[0]  # as if the build had stopped before this batch
     victim.unlink()
-    resumed = sm1_data(str(folder), "--out", str(out), "--workers", "2", "--batch-size", "4",
-                       "--val-fraction", "0.3")
+    resumed = sm1_data(str(folder), "--out", str(out), "--workers", "2", "--batch-size", "4", "--val-fraction", "0.3")
     assert resumed["batches_reused"] == report["batches"] - 1
     assert {s: (out / f"{s}.bin").read_bytes() for s in ("train", "val")} == before
 
@@ -157,8 +155,18 @@ def test_shards_from_another_vocabulary_are_refused(built, tmp_path):
 
 
 def test_a_slice_of_the_music21_corpus_builds_and_loads(tmp_path):
-    report = sm1_data("music21:airdsAirs", "music21:bach", "--limit", "4", "--out", str(tmp_path),
-                      "--workers", "2", "--val-fraction", "0")
+    report = sm1_data(
+        "music21:airdsAirs",
+        "music21:bach",
+        "--limit",
+        "4",
+        "--out",
+        str(tmp_path),
+        "--workers",
+        "2",
+        "--val-fraction",
+        "0",
+    )
     assert report["files_seen"] == 8 and report["files_used"] >= 6
     assert set(report["per_source"]) == {"music21/airdsAirs", "music21/bach"}
     assert all("public-domain" in s["licence"] for s in report["per_source"].values())
@@ -173,12 +181,17 @@ def test_restricted_sources_are_left_out_unless_asked_for(tmp_path):
     (excluded,) = report["excluded"]
     assert excluded["source"] == "music21/essenFolksong" and excluded["pieces"] > 8000
     assert "non-commercial" in excluded["licence"]
-    asked = sm1_data("music21:essenFolksong", "--limit", "3", "--include-restricted", "--out", str(tmp_path / "b"),
-                     "--workers", "1")
+    asked = sm1_data(
+        "music21:essenFolksong", "--limit", "3", "--include-restricted", "--out", str(tmp_path / "b"), "--workers", "1"
+    )
     assert asked["files_seen"] == 3 and "non-commercial" in asked["per_source"]["music21/essenFolksong"]["licence"]
 
 
 def test_a_source_that_is_not_there_is_a_clear_error(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "sm1.data.cli", "build", str(tmp_path / "nowhere"), "--out",
-                           str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "sm1.data.cli", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "not a folder" in done.stderr
