@@ -193,6 +193,23 @@ def level(server: Server, n: int, seconds: float, start: dict, procs: int) -> di
     }
 
 
+def random_checkpoint(shape: str, out: Path) -> str:
+    """A checkpoint of random weights (seed 0) with d_model,n_layer = `shape`: the step costs the same as a
+    trained model's, but what it writes (and so the load of real-time streams) is not music."""
+    import torch
+
+    from sm1.checkpoint import save
+    from sm1.model import SM1, SM1Config
+    from sm1.tokenizer import Tokenizer
+
+    d_model, n_layer = (int(x) for x in shape.split(","))
+    tok = Tokenizer.default()
+    torch.manual_seed(0)
+    model = SM1(SM1Config(vocab_size=tok.vocab_size, d_model=d_model, n_layer=n_layer))
+    name = f"random-{d_model}x{n_layer}"
+    return str(save(out / name, model, tok, {"note": "random weights, for load tests"}, name=name))
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch  # only for its version in the report (client processes need not import it)
 
@@ -200,7 +217,8 @@ def run(args: argparse.Namespace) -> dict:
     prompt = Path(args.prompt).read_bytes() if args.prompt else dense_prompt()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    server = Server(args.checkpoint, args.device, max(sizes) + 8, out / "server.log")
+    checkpoint = random_checkpoint(args.random, out) if args.random else args.checkpoint
+    server = Server(checkpoint, args.device, max(sizes) + 8, out / "server.log")
     try:
         model = httpx.get(f"{server.http}/v1/model", timeout=30).json()
         print(f"model {model['name']}: {model['params']:,} params, state {model['state_floats']} floats, "
@@ -245,6 +263,7 @@ def table(result: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--random", metavar="D_MODEL,N_LAYER", help="serve random weights of this shape instead")
     p.add_argument("--device", default="auto")
     p.add_argument("--sessions", default="1,8,32,64,128", help="comma-separated session counts")
     p.add_argument("--seconds", type=float, default=20.0, help="measured time per level")
