@@ -14,48 +14,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from clients.midi_input import PlayedNotes, TempoFromClock
+from clients.cli import connection_args, prompt_b64, sampling_args, sampling_params
+from clients.midi_input import InputDispatch, PlayedNotes, TempoFromClock
 from clients.ports import PortError, api_names, list_ports, open_input, open_output
 from clients.scheduler import NoteScheduler
-from clients.stream import Backoff, StreamClient, StreamRefused
+from clients.stream import StreamClient, StreamRefused
 from clients.timeline import Timeline
 from sm1.events import NoteEvent
 
 log = logging.getLogger("sm1.bridge")
 
 NOTES_BATCH_S = 0.02  # notes played within this long go to the server in one message
-
-
-def sampling_args(p: argparse.ArgumentParser) -> None:
-    """Sampling flags shared by sm1-bridge and sm1-generate."""
-    p.add_argument("--temperature", type=float, help="sampling temperature (server default 1.0; 0: greedy)")
-    p.add_argument("--top-p", type=float, dest="top_p", help="nucleus sampling threshold (0, 1]")
-    p.add_argument("--top-k", type=int, dest="top_k", help="sample among the k most likely tokens (0: off)")
-    p.add_argument("--seed", type=int, help="seed: the same seed, prompt and params give the same music")
-
-
-def sampling_params(args: argparse.Namespace) -> dict[str, Any] | None:
-    params = {k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "seed") if getattr(args, k) is not None}
-    return params or None
-
-
-def connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=os.environ.get("SM1_SERVER", "127.0.0.1:8000"), help="host:port or URL")
-    p.add_argument("--api-key", default=os.environ.get("SM1_API_KEY"), help="the server's API key (or SM1_API_KEY)")
-
-
-def prompt_b64(path: Path | None) -> str | None:
-    return base64.b64encode(path.read_bytes()).decode() if path is not None else None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,9 +70,8 @@ class Bridge:
     def __init__(self, args: argparse.Namespace, output: Any) -> None:
         self.args = args
         self.output = output
-        latency = args.latency / 1000.0
-        self.latency_s = latency
-        timeline = Timeline(0.0, time.monotonic() + latency, args.tempo)
+        self.latency_s = args.latency / 1000.0
+        timeline = Timeline(0.0, time.monotonic() + self.latency_s, args.tempo)
         self.scheduler = NoteScheduler(output.send_message, timeline, rt_priority=args.rt_priority)
         self.inputs: list[Any] = []
         self._notes: asyncio.Queue[NoteEvent] = asyncio.Queue()
@@ -114,7 +90,6 @@ class Bridge:
             on_status=lambda line: log.info("%s", line),
             position=lambda: (self.scheduler.position(), self.scheduler.timeline.tempo_bpm),
             api_key=args.api_key,
-            backoff=Backoff(),
         )
 
     def _on_ready(self, ready: dict[str, Any], resumed: bool) -> None:
@@ -124,22 +99,13 @@ class Bridge:
     # ---- inputs (called on rtmidi's threads) -------------------------------------------------------------
     def open_inputs(self) -> None:
         args = self.args
-        names = [n for n in dict.fromkeys([args.input, args.clock_from]) if n]
-        for name in names:
-            handlers = []
+        for name in dict.fromkeys(n for n in (args.input, args.clock_from) if n):  # one port may serve both
+            dispatch = InputDispatch()
             if name == args.input:
                 played = PlayedNotes(self.scheduler.position, self._played)
-                handlers.append(lambda msg, t, played=played: played.message(msg))
+                dispatch.handlers.append(lambda msg, _t, played=played: played.message(msg))
             if name == args.clock_from:
-                tempo = TempoFromClock(self._tempo)
-                handlers.append(tempo.message)
-            running = [0.0]
-
-            def dispatch(msg: list[int], delta: float, handlers=handlers, running=running) -> None:
-                running[0] += delta
-                for handle in handlers:
-                    handle(msg, running[0])
-
+                dispatch.handlers.append(TempoFromClock(self._tempo).message)
             port, what = open_input(name, dispatch, api=args.api, timing=name == args.clock_from)
             self.inputs.append(port)
             log.info("listening on %s", what)
@@ -197,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             print("MIDI inputs:", *(inputs or ["(none)"]), sep="\n  ")
             return 0
         output, what = open_output(args.port, api=args.api, existing=args.existing)
-    except (PortError, OSError) as e:  # rtmidi's own errors are OSError subclasses
+    except PortError as e:
         print(f"sm1-bridge: {e}", file=sys.stderr)
         return 2
     if args.prompt is not None and not args.prompt.is_file():
@@ -209,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         bridge.open_inputs()
         asyncio.run(bridge.run())
         return 0
-    except (PortError, OSError) as e:
+    except PortError as e:
         log.error("%s", e)
         return 2
     except StreamRefused as e:

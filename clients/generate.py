@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from clients.bridge import connection_args, prompt_b64, sampling_args, sampling_params
+from clients.cli import connection_args, prompt_b64, sampling_args, sampling_params
 from clients.clip import clip_midi, fit
 from clients.stream import Backoff, StreamClient, StreamRefused, auth_headers, base_urls, error_line
 from sm1.events import NoteEvent

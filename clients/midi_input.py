@@ -11,6 +11,20 @@ from sm1.events import NoteEvent
 CLOCK, START, CONTINUE, STOP = 0xF8, 0xFA, 0xFB, 0xFC
 
 
+class InputDispatch:
+    """An rtmidi input callback: keeps the input's running time (the sum of the driver's deltas) and hands
+    each message with it to every handler (one port may carry both a player's notes and MIDI clock)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.handlers: list[Callable[[list[int], float], None]] = []
+
+    def __call__(self, message: list[int], delta: float) -> None:
+        self.seconds += delta
+        for handle in self.handlers:
+            handle(message, self.seconds)
+
+
 class PlayedNotes:
     """Pairs note-on with note-off into complete notes in beats of the stream's clock.
 

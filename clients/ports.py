@@ -7,7 +7,8 @@ one made with loopMIDI, and says so.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import rtmidi
@@ -26,7 +27,16 @@ LOOPMIDI_HINT = (
 
 
 class PortError(Exception):
-    """A port that cannot be opened; the message names the port and what exists instead."""
+    """A port that cannot be opened (or a MIDI system that cannot start); the message says which and why."""
+
+
+@contextmanager
+def _as_port_error() -> Iterator[None]:
+    """rtmidi's own errors (no JACK server, no ALSA sequencer, a port gone) as PortError."""
+    try:
+        yield
+    except rtmidi.RtMidiError as e:
+        raise PortError(str(e)) from e
 
 
 def api_names() -> list[str]:
@@ -47,7 +57,8 @@ def has_virtual_ports(midi: rtmidi.MidiOut | rtmidi.MidiIn) -> bool:
 
 def list_ports(api: str = "auto") -> tuple[list[str], list[str]]:
     """(outputs, inputs): the names of the ports other programs offer."""
-    return rtmidi.MidiOut(rtapi=_api(api)).get_ports(), rtmidi.MidiIn(rtapi=_api(api)).get_ports()
+    with _as_port_error():
+        return rtmidi.MidiOut(rtapi=_api(api)).get_ports(), rtmidi.MidiIn(rtapi=_api(api)).get_ports()
 
 
 def find_port(ports: list[str], wanted: str) -> int | None:
@@ -67,6 +78,11 @@ def _available(kind: str, ports: list[str]) -> str:
 def open_output(name: str, api: str = "auto", client: str = "sm1-bridge", existing: bool = False) -> tuple[Any, str]:
     """A MIDI output and a line saying what was opened: a new virtual port `name`, or (on Windows, or with
     `existing`) the existing port whose name matches."""
+    with _as_port_error():
+        return _open_output(name, api, client, existing)
+
+
+def _open_output(name: str, api: str, client: str, existing: bool) -> tuple[Any, str]:
     out = rtmidi.MidiOut(rtapi=_api(api), name=client)
     if not existing and has_virtual_ports(out):
         out.open_virtual_port(name)
@@ -91,6 +107,13 @@ def open_input(
     """A MIDI input calling `callback(message, seconds_since_previous)` from rtmidi's thread: the existing
     port whose name matches, else (where the OS allows) a new virtual port `name` a DAW can send to.
     `timing`: also deliver MIDI clock messages (for following the DAW's tempo)."""
+    with _as_port_error():
+        return _open_input(name, callback, api, client, timing)
+
+
+def _open_input(
+    name: str, callback: Callable[[list[int], float], None], api: str, client: str, timing: bool
+) -> tuple[Any, str]:
     inp = rtmidi.MidiIn(rtapi=_api(api), name=client)
     inp.ignore_types(sysex=True, timing=not timing, active_sense=True)
     ports = inp.get_ports()

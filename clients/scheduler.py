@@ -43,7 +43,6 @@ class _Due:
 class PlayStats:
     notes: int = 0  # note-ons sent
     late: int = 0  # arrived after their time had passed by more than `late_s`: skipped
-    retriggered: int = 0  # a pitch restarted while it still sounded
 
 
 class NoteScheduler:
@@ -102,15 +101,6 @@ class NoteScheduler:
                 heapq.heappush(self._queue, _Due(ev.end_beat, off, next(self._seq), ev, note_id))
             self._cond.notify()
 
-    @property
-    def sounding(self) -> int:
-        return len(self._sounding)
-
-    @property
-    def pending(self) -> int:
-        """Messages still waiting for their time."""
-        return len(self._queue)
-
     def panic(self) -> None:
         """Drop what is queued and end every note now: a note-off for each sounding note, then All Notes Off
         on every channel this scheduler has used."""
@@ -158,7 +148,6 @@ class NoteScheduler:
                 self._send([NOTE_OFF | ev.channel, ev.pitch, 0])
             return
         if key in self._sounding:
-            self.stats.retriggered += 1
             self._send([NOTE_OFF | ev.channel, ev.pitch, 0])
         if ev.channel != DRUM_CHANNEL and self._programs.get(ev.channel) != ev.program:
             self._programs[ev.channel] = ev.program

@@ -44,6 +44,7 @@ function params() {
 
 // ---- the stream ----------------------------------------------------------------------------------------
 async function start() {
+  player.unlock(); // now, while the click counts as the person's gesture
   showMessage("");
   let prompt = null;
   const file = $("prompt").files[0];

@@ -25,8 +25,8 @@ export class Player {
     this.timer = null;
   }
 
-  // The stream's first beat plays `latency` seconds from now.
-  start(beat, tempo, latency = 0.15) {
+  // Browsers let audio start only from a person's click: call this in the click handler itself.
+  unlock() {
     if (!this.ctx) {
       this.ctx = new AudioContext({ latencyHint: "interactive" });
       this.master = this.ctx.createGain();
@@ -34,7 +34,12 @@ export class Player {
       this.master.connect(this.ctx.destination);
       this.noise = this.noiseBuffer();
     }
-    this.ctx.resume();
+    return this.ctx.resume();
+  }
+
+  // The stream's first beat plays `latency` seconds from now.
+  start(beat, tempo, latency = 0.15) {
+    this.unlock();
     this.queue = [];
     this.played = [];
     this.skipped = 0;
