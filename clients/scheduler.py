@@ -90,16 +90,20 @@ class NoteScheduler:
     # ---- notes ------------------------------------------------------------------------------------------
     def add(self, events: list[NoteEvent]) -> None:
         now = time.monotonic()
+        late = 0
         with self._cond:
             for ev in events:
                 if self._timeline.time_of(ev.beat) < now - self.late_s:
-                    self.stats.late += 1
+                    late += 1
                     continue
                 note_id = next(self._seq)
                 heapq.heappush(self._queue, _Due(ev.beat, ON, note_id, ev, note_id))
                 off = OFF if ev.duration_beats > 0 else OFF_AFTER_ON
                 heapq.heappush(self._queue, _Due(ev.end_beat, off, next(self._seq), ev, note_id))
+            self.stats.late += late
             self._cond.notify()
+        if late:
+            log.info("%d note(s) arrived after their time and were skipped", late)
 
     def panic(self) -> None:
         """Drop what is queued and end every note now: a note-off for each sounding note, then All Notes Off

@@ -43,12 +43,16 @@ def key(e: dict) -> tuple[int, int, int]:
     return e["channel"], e["pitch"], e["velocity"]
 
 
-def aligned(heard: list[tuple[int, int, int]], expected: list[tuple[int, int, int]]) -> int:
+def aligned(heard: list[tuple[int, int, int]], expected: list[tuple[int, int, int]], log: str = "") -> int:
     """Where `heard` starts in `expected` (on a busy machine the DAW may open its port after the first notes)."""
     for k in range(min(32, len(expected))):
         if heard == expected[k : k + len(heard)]:
             return k
-    raise AssertionError(f"the DAW heard other notes than the stream wrote:\n{heard[:12]}\n{expected[:12]}")
+    first_difference = next((i for i, (h, e) in enumerate(zip(heard, expected, strict=False)) if h != e), None)
+    raise AssertionError(
+        f"the DAW heard other notes than the stream wrote (first difference at note {first_difference}):\n"
+        f"heard    {heard[:40]}\nexpected {expected[:40]}\nbridge log:\n{log[-2000:]}"
+    )
 
 
 def off_beats(ref: list[dict]) -> list[float]:
@@ -87,7 +91,7 @@ def timing_run(server, jack, output_dir):
         stopped_at = time.monotonic()
         code = bridge.stop()
         ref = reference_stream(server.url, {"params": {"seed": seed}}, beats_in(JITTER_SECONDS))
-        first = aligned([(c, p, v) for _, c, p, v in daw.note_ons()], [key(e) for e in ref])
+        first = aligned([(c, p, v) for _, c, p, v in daw.note_ons()], [key(e) for e in ref], bridge.text)
         yield TimingRun(daw, ref, first, stopped_at, code, bridge.text)
     finally:
         daw.close()
@@ -194,7 +198,7 @@ def test_a_stream_resumes_from_its_snapshot_when_the_server_comes_back(own_serve
     # every note heard is the stream's next one: nothing played twice, nothing made up; notes due while
     # the server was down are skipped (too late), so the DAW hears a subsequence of the stream
     ref = [key(e) for e in reference_stream(own_server.url, {"params": {"seed": seed}}, beats_in(30.0))]
-    i = aligned(ons[:before], ref) + before
+    i = aligned(ons[:before], ref, bridge.text) + before
     for note in ons[before:]:
         while i < len(ref) and ref[i] != note:
             i += 1
@@ -223,7 +227,7 @@ def test_notes_played_on_the_input_port_reach_the_model(server, bridge_factory, 
     heard = [(c, p, v) for _, c, p, v in daw.note_ons()]
     ref = [key(e) for e in reference_stream(server.url, {"params": {"seed": seed}}, beats_in(30.0))]
     assert len(heard) >= 10
-    start = aligned(heard[:3], ref)
+    start = aligned(heard[:3], ref, bridge.text)
     assert heard != ref[start : start + len(heard)], "the stream went on as if nobody had played"
 
 
@@ -254,7 +258,7 @@ def test_the_tempo_follows_midi_clock(server, bridge_factory, daw_factory):
     assert "tempo from MIDI clock" in bridge.text
     ref = reference_stream(server.url, {"params": {"seed": 3}}, beats_in(8.0))
     ons = daw.note_ons()
-    first = aligned([(c, p, v) for _, c, p, v in ons], [key(e) for e in ref])
+    first = aligned([(c, p, v) for _, c, p, v in ons], [key(e) for e in ref], bridge.text)
     beats = np.array([e["beat"] for e in ref[first : first + len(ons)]])
     times = np.array([t for t, *_ in ons])
     late = times > times[0] + 1.0  # after the first second the clock has been followed for a while
