@@ -194,3 +194,14 @@ def test_the_page_says_so_when_the_server_drops(page, own_server):
     page.wait_for_selector("#message:not([hidden])", timeout=15_000)
     assert "connection to the server was lost" in page.inner_text("#message").lower()
     assert page.inner_text("#status") == "disconnected"
+
+
+def test_an_uploaded_prompt_is_continued_from_its_end(page, page_server):
+    page.goto(page_server.url + "/")
+    page.set_input_files("#prompt", str(SHARED_MIDI / "aria_classical.mid"))
+    page.click("#start")
+    page.wait_for_function("window.sm1.state.phase === 'playing'", timeout=30_000)
+    start_beat = page.evaluate("window.sm1.state.startBeat")
+    assert start_beat > 4, "the stream should start where the prompt ends"
+    page.wait_for_function("window.sm1.player.played.length >= 1", timeout=30_000)
+    assert min(beat for *_, beat in played(page)) >= start_beat - 1e-3
