@@ -139,6 +139,8 @@ after the first {PROMPT_BEATS:.0f} beats of a file from the project's shared MID
   expressive velocity or timing, or popular styles; a drum or pop prompt is continued in a choral manner.
 * Small model and small corpus: expect local coherence (voice leading, key) over a few bars, not form.
 * Notes longer than the vocabulary's largest duration are cut to it (docs/tokenizer.md).
+* Continuations run denser than the pieces they continue (about 1.8x the notes a beat) and a little
+  wider in pitch, though mostly in key: see the quality report in benchmarks/RESULTS.md.
 * Validation is on held-out music21 pieces only; no listening test has been run.
 """
 
