@@ -52,14 +52,16 @@ def make_samples(ckpt_dir: Path, prompts: Path, out: Path) -> list[dict]:
     return rows
 
 
-def training_time(run: Path) -> tuple[float, int]:
+def training_time(run: Path) -> tuple[float, int, int]:
+    """Wall time, tokens and steps of the whole run (the shipped weights may be an earlier, better step)."""
     with open(run / "log.csv") as f:
         rows = list(csv.DictReader(f))
-    return float(rows[-1]["elapsed_s"]), int(rows[-1]["tokens"])
+    return float(rows[-1]["elapsed_s"]), int(rows[-1]["tokens"]), int(rows[-1]["step"])
 
 
-def card(config: dict, report: dict, samples: list[dict], seconds: float, tokens: int, hardware: str) -> str:
+def card(config: dict, report: dict, samples: list[dict], run: tuple[float, int, int], hardware: str) -> str:
     meta, model, floats = config["meta"], config["model"], config["state_floats"]
+    seconds, tokens, steps = run
     total = floats["ssm"] + floats["conv"]
     sources = "\n".join(
         f"| {name} | {s.get('used', '')} | {s.get('notes', '')} | {s.get('tokens', '')} | {s.get('licence', '')} |"
@@ -115,8 +117,9 @@ the training data restricts the use of this checkpoint beyond the music21 corpus
 `{meta.get("command", "")}`
 
 Config: `configs/sm1-default.yaml` (AdamW, warmup + cosine, bf16 autocast with the scan state in fp32,
-random transposition of up to 5 semitones). {meta["step"]:,} steps, {tokens:,} tokens, {seconds / 60:.1f} minutes
-on {hardware} (torch {meta.get("torch", "")}). Loss curve: [loss.png](loss.png).
+random transposition of up to 5 semitones). The run: {steps:,} steps, {tokens:,} tokens, {seconds / 60:.1f} minutes
+on {hardware} (torch {meta.get("torch", "")}). Loss curve: [loss.png](loss.png). The shipped weights are
+those of the best validation, at step {meta["step"]:,}:
 
 | validation | |
 |---|---|
@@ -154,11 +157,11 @@ def main() -> None:
     ap.add_argument("--prompts", type=Path, default=Path("../shared/midi"))
     args = ap.parse_args()
     samples = make_samples(args.checkpoint, args.prompts, args.checkpoint)
-    seconds, tokens = training_time(args.run)
+    run = training_time(args.run)
     shutil.copy(args.run / "loss.png", args.checkpoint / "loss.png")
     config = json.loads((args.checkpoint / "config.json").read_text())
     report = json.loads((args.data / "report.json").read_text())
-    (args.checkpoint / "README.md").write_text(card(config, report, samples, seconds, tokens, args.hardware))
+    (args.checkpoint / "README.md").write_text(card(config, report, samples, run, args.hardware))
     print(f"wrote {args.checkpoint / 'README.md'} and {len(samples)} samples")
 
 
