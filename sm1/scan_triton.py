@@ -52,6 +52,14 @@ if triton is not None:
         return tl.load(la_ptr + row + t * D + offs, mask=mask, other=0.0).to(tl.float32)
 
     @triton.jit
+    def _advance(la_ptr, x_ptr, h, row, t, T, D, offs, mask, REVERSE: tl.constexpr):
+        """One step of the recurrence at step t: returns (h, the log multiplier used, the step's mask)."""
+        m = mask & (offs * 0 + t < T)  # scalar conditions broadcast first: the interpreter needs it
+        la = tl.where(m, _multiplier(la_ptr, row, t, T, D, offs, m, REVERSE), 0.0)
+        x = tl.load(x_ptr + row + t * D + offs, mask=m, other=0.0).to(tl.float32)
+        return h + _expm1(la) * h + x, la, m
+
+    @triton.jit
     def _summary_kernel(la_ptr, x_ptr, hsum_ptr, lsum_ptr, T, D, CT, NC, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
         pid_b, pid_c = tl.program_id(0), tl.program_id(1)
         offs = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
@@ -61,10 +69,7 @@ if triton is not None:
         s = tl.zeros([BLOCK], dtype=tl.float32)
         for i in range(CT):
             t = pid_c * CT + (CT - 1 - i if REVERSE else i)
-            m = mask & (offs * 0 + t < T)  # scalar conditions broadcast first: the interpreter needs it
-            la = tl.where(m, _multiplier(la_ptr, row, t, T, D, offs, m, REVERSE), 0.0)
-            x = tl.load(x_ptr + row + t * D + offs, mask=m, other=0.0).to(tl.float32)
-            h += _expm1(la) * h + x
+            h, la, _ = _advance(la_ptr, x_ptr, h, row, t, T, D, offs, mask, REVERSE)
             s += la
         out = (pid_b * NC + pid_c) * D + offs
         tl.store(hsum_ptr + out, h, mask=mask)
@@ -102,10 +107,7 @@ if triton is not None:
         h = tl.load(hin_ptr + (pid_b * NC + pid_c) * D + offs, mask=mask, other=0.0)
         for i in range(CT):
             t = pid_c * CT + (CT - 1 - i if REVERSE else i)
-            m = mask & (offs * 0 + t < T)  # scalar conditions broadcast first: the interpreter needs it
-            la = tl.where(m, _multiplier(la_ptr, row, t, T, D, offs, m, REVERSE), 0.0)
-            x = tl.load(x_ptr + row + t * D + offs, mask=m, other=0.0).to(tl.float32)
-            h += _expm1(la) * h + x
+            h, _, m = _advance(la_ptr, x_ptr, h, row, t, T, D, offs, mask, REVERSE)
             tl.store(out_ptr + row + t * D + offs, h, mask=m)
             if REVERSE:
                 la_t = tl.load(la_ptr + row + t * D + offs, mask=m, other=0.0).to(tl.float32)
