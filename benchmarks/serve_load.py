@@ -154,7 +154,7 @@ def client_process(ws_url: str, start: dict, ids: list[int], commands: mp.Queue,
     asyncio.run(main())
 
 
-def level(server: Server, n: int, seconds: float, start: dict, procs: int) -> dict:
+def level(server: Server, n: int, seconds: float, start: dict, procs: int, settle: float) -> dict:
     """N streams for `seconds`, timed from the moment all have started (read their prompt)."""
     ctx = mp.get_context("spawn")
     reports, commands = ctx.Queue(), [ctx.Queue() for _ in range(procs)]
@@ -167,7 +167,7 @@ def level(server: Server, n: int, seconds: float, start: dict, procs: int) -> di
     for _ in workers:
         if (report := reports.get(timeout=900)) != "started":
             raise RuntimeError(report)
-    time.sleep(min(2.0, seconds / 4))  # past the first lookahead, written at once
+    time.sleep(settle)  # past every stream's first lookahead, written at once when it starts
     t0, tokens0 = time.monotonic(), server.tokens_total()
     time.sleep(seconds)
     t1, tokens1 = time.monotonic(), server.tokens_total()
@@ -228,9 +228,9 @@ def run(args: argparse.Namespace) -> dict:
         rows = []
         for n in sizes:
             procs = args.client_procs or max(1, min((os.cpu_count() or 2) // 2, -(-n // 256)))
-            row = level(server, n, args.seconds, start, procs)
+            row = level(server, n, args.seconds, start, procs, args.settle)
             if args.capacity:
-                flat = level(server, n, args.capacity, start | {"realtime": False}, procs)
+                flat = level(server, n, args.capacity, start | {"realtime": False}, procs, 1.0)
                 row["max_tokens_per_s"], row["max_tick_ms_p50"] = flat["tokens_per_s"], flat["tick_ms_p50"]
             row["real_time"] = row["lost"] == 0 and (row["late_ms_p99"] or 0) < 50
             rows.append(row)
@@ -267,6 +267,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--sessions", default="1,8,32,64,128", help="comma-separated session counts")
     p.add_argument("--seconds", type=float, default=20.0, help="measured time per level")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds after the last stream started, unmeasured")
     p.add_argument("--capacity", type=float, default=5.0, help="seconds of flat-out (realtime false); 0: skip")
     p.add_argument("--tempo", type=float, default=120.0)
     p.add_argument("--lookahead", type=float, default=2.0)

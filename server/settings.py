@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         0.15, ge=0, le=5, description="start writing an onset's notes this much before the lookahead reaches it"
     )
     prefill_chunk: int = Field(256, ge=1, description="prompt tokens per forward call")
-    prefill_budget: int = Field(256, ge=1, description="prompt tokens prefilled per tick, all sessions together")
+    prefill_budget: int = Field(
+        128, ge=1, description="prompt tokens prefilled per tick while streams wait (all sessions together)"
+    )
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core but one")
     cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")
     shutdown_grace_s: float = Field(5.0, ge=0, description="time streams get to flush on SIGTERM")

@@ -264,7 +264,7 @@ class Engine:
         capacity: int,
         *,
         prefill_chunk: int = 256,
-        prefill_budget: int = 512,
+        prefill_budget: int = 128,
         cuda_graphs: bool = True,
     ) -> None:
         if not isinstance(model, SM1):
@@ -385,8 +385,12 @@ class Engine:
     # ---- generation -------------------------------------------------------------------------------------
     @torch.no_grad()
     def tick(self, sessions: list[EngineSession]) -> list[Generated]:
-        """Some prefill, then one token for each of `sessions` that has read all its input."""
-        self._prefill(self.prefill_budget)
+        """Some prefill, then one token for each of `sessions` that has read all its input.
+
+        Prefill takes at most `prefill_budget` tokens while others wait for their token (a tick's length
+        is their latency), and whole chunks when nobody does."""
+        waiting = any(s.slot is not None and not s.pending for s in sessions)
+        self._prefill(self.prefill_budget if waiting else max(self.prefill_budget, 4 * self.prefill_chunk))
         ready = [s for s in sessions if s.slot is not None and not s.pending]
         if not ready:
             return []

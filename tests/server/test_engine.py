@@ -61,6 +61,7 @@ def test_a_session_gives_the_same_notes_whatever_else_runs(engine, prompt):
 def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_getting_tokens(ck):
     engine = Engine(ck.model, ck.tokenizer, capacity=4, prefill_chunk=64, prefill_budget=64)
     busy = engine.admit(None, SamplingParams(seed=1))
+    engine.tick([busy])  # reads its bos: from now on it waits for a token every tick
     long = engine.admit(ck.tokenizer.encode(read_midi(f"{MIDI}/Funkytown.mid"))[:2000], SamplingParams(seed=2))
     ticks_to_prefill = 0
     while long.pending:
