@@ -24,6 +24,7 @@ from server.protocol import CloseCode, ErrorCode, describe_errors, error_frame
 from server.runtime import Runtime
 from server.settings import Settings
 from server.stream import StreamConnection
+from sm1.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger("sm1.server")
 
@@ -59,12 +60,12 @@ async def _internal_error(request: Request, e: Exception) -> JSONResponse:
     return JSONResponse({"code": ErrorCode.INTERNAL, "message": "the server failed (it logged why)"}, status_code=500)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, checkpoint: LoadedCheckpoint | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = await Runtime.start(settings)
+        app.state.runtime = await Runtime.start(settings, checkpoint)
         try:
             yield
         finally:

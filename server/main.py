@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from server.app import create_app
 from server.settings import Settings
-from sm1.checkpoint import CheckpointError, resolve_default
+from sm1.checkpoint import CheckpointError, load, resolve_default
 
 log = logging.getLogger("sm1.server")
 
@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> None:
             settings.checkpoint = resolve_default()
         except CheckpointError as e:
             sys.exit(f"sm1-server: {e}; pass --checkpoint DIR (or SM1_CHECKPOINT), or train one (README)")
-    app = create_app(settings)
+    try:  # before uvicorn, so that a bad checkpoint is one line and exit 1, not a lifespan traceback
+        checkpoint = load(settings.checkpoint, settings.torch_device())
+    except CheckpointError as e:
+        sys.exit(f"sm1-server: cannot load the checkpoint: {e}")
+    app = create_app(settings, checkpoint)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from server import faults
 from server.metrics import Metrics
 from server.sessions import EngineWorker, SessionHub
 from server.settings import Settings
@@ -31,11 +32,12 @@ class Runtime:
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
+    async def start(cls, settings: Settings, checkpoint: LoadedCheckpoint | None = None) -> Runtime:
+        """`checkpoint`: already loaded on settings' device (sm1-server loads it first, to fail in one line)."""
         device = settings.torch_device()
         if device.type == "cpu":
             torch.set_num_threads(settings.cpu_threads())
-        ck = await asyncio.to_thread(load, settings.checkpoint, device)
+        ck = checkpoint or await asyncio.to_thread(load, settings.checkpoint, device)
         engine = Engine(
             ck.model,
             ck.tokenizer,
@@ -44,6 +46,7 @@ class Runtime:
             prefill_budget=settings.prefill_budget,
             cuda_graphs=settings.cuda_graphs,
         )
+        faults.install(engine, settings.inject_faults)
         worker, metrics = EngineWorker(engine), Metrics()
         tick = TickLoop(worker, metrics)
         hub = SessionHub(worker, ck.name, settings, metrics, tick.wake)
