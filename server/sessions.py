@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from server.errors import BadSnapshot, ServerFull, SessionBusy, ShuttingDown, UnknownSession
+import torch
+
+from server.errors import ApiError, BadSnapshot, ServerFull, SessionBusy, ShuttingDown, UnknownSession
 from server.metrics import Metrics
 from server.prompts import prompt_events, prompt_tokens
-from server.protocol import SessionInfo, StreamOptions, events_frame, ready_frame
+from server.protocol import CloseCode, ErrorCode, SessionInfo, StreamOptions, events_frame, ready_frame
 from server.settings import Settings
 from sm1.engine import ClipLength, Engine, EngineFull, EngineSession, Generated, Pacing, SnapshotError
 from sm1.events import NoteEvent
@@ -105,6 +107,8 @@ class Attachable(Protocol):
     task: asyncio.Task | None
 
     def end(self, reason: str, code: int) -> None: ...
+
+    def fail(self, close_code: int, code: str, message: str) -> None: ...
 
 
 @dataclass
@@ -337,6 +341,15 @@ class SessionHub:
         self.metrics.sessions.set(len(self.sessions))
         return True
 
+    async def fail(self, failed: list[LiveSession], message: str) -> None:
+        """A tick failed: its streams get an `error` and close 1011, its clips fail; their slots are freed."""
+        for ls in failed:
+            if ls.clip is not None and not ls.clip.done.done():
+                ls.clip.done.set_exception(ApiError(message))
+            elif ls.connection is not None:
+                ls.connection.fail(CloseCode.INTERNAL, ErrorCode.INTERNAL, message)
+            await self.release(ls)
+
     async def delete(self, ls: LiveSession) -> None:
         if ls.connection is not None:
             ls.connection.end("deleted", 1000)
@@ -378,3 +391,6 @@ class _Admission:
         self.hub._admitting -= 1
         if isinstance(exc, EngineFull):
             raise ServerFull(str(exc)) from exc
+        if isinstance(exc, torch.OutOfMemoryError):  # the device has no room for one more: like a full pool
+            log.warning("admission failed: %s", exc)
+            raise ServerFull("the device is out of memory; try again later") from exc

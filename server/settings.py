@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")
     shutdown_grace_s: float = Field(5.0, ge=0, description="time streams get to flush on SIGTERM")
     log_level: str = Field("info", description="debug, info, warning, error")
+    inject_faults: str = Field("", description="TEST ONLY: faults to inject, e.g. step_error@20 (server/faults.py)")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -107,7 +107,7 @@ class StreamConnection:
         self.outbox.put(end_frame(reason))
         self.outbox.close(code, reason)
 
-    def _fail(self, close_code: int, code: str, message: str) -> None:
+    def fail(self, close_code: int, code: str, message: str) -> None:
         """An `error` frame, then the close (a policy the client broke, or no room)."""
         if self.closing:
             return
@@ -168,10 +168,10 @@ class StreamConnection:
                 self.error(ErrorCode.BAD_FRAME, "binary frames are not part of the protocol: send JSON text")
             elif len(text) > self.settings.max_frame_bytes:
                 limit = self.settings.max_frame_bytes
-                self._fail(CloseCode.TOO_BIG, ErrorCode.FRAME_TOO_LARGE, f"frame over max_frame_bytes {limit}")
+                self.fail(CloseCode.TOO_BIG, ErrorCode.FRAME_TOO_LARGE, f"frame over max_frame_bytes {limit}")
             elif not self.rate.allow():
                 rate = self.settings.max_messages_per_s
-                self._fail(CloseCode.POLICY, ErrorCode.TOO_MANY_MESSAGES, f"more than {rate:g} messages a second")
+                self.fail(CloseCode.POLICY, ErrorCode.TOO_MANY_MESSAGES, f"more than {rate:g} messages a second")
             else:
                 await self._handle(text)
 
@@ -191,7 +191,7 @@ class StreamConnection:
         try:
             await getattr(self, f"_on_{msg.type}")(msg)
         except ServerFull as e:
-            self._fail(CloseCode.TRY_LATER, e.code, e.message)
+            self.fail(CloseCode.TRY_LATER, e.code, e.message)
         except ShuttingDown as e:
             self.error(e.code, e.message)
             self.end("server shutting down", CloseCode.GOING_AWAY)

@@ -40,8 +40,10 @@ class TickLoop:
             try:
                 generated = await self.worker.call(engine.tick, [s.es for s in ready])
             except Exception:
-                log.exception("engine tick failed")
+                # a session's state after a half-run step is unknown: end the ones this tick served, keep the rest
+                log.exception("engine tick failed: ending the %d session(s) it served", len(ready))
                 self.metrics.errors.labels("engine").inc()
+                await hub.fail(ready, "the model failed while generating for this session (the server logged why)")
                 await asyncio.sleep(0.1)
                 continue
             self.metrics.tick(time.perf_counter() - t0, batch=len(generated), tokens=len(generated))

@@ -15,6 +15,7 @@ An Engine is not thread-safe: the server calls it from one worker thread only.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import struct
@@ -212,9 +213,12 @@ class BatchedStep:
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
-    def __call__(self, tokens: Tensor, slots: Tensor) -> Tensor:
-        """tokens, slots (B,) int64 on the device -> logits (B, V)."""
+    def __call__(self, tokens: Tensor, slots: Tensor, rows: slice | None = None) -> Tensor:
+        """tokens, slots (B,) int64 on the device -> logits (B, V). `rows`: the slots are exactly this
+        range, so (eagerly) the step can work on a view of the pool, with no gather and scatter."""
         if not self.use_graphs:
+            if rows is not None:
+                return self.model.step(tokens, SM1State(self.pool.ssm[:, rows], self.pool.conv[:, rows]))
             return self.model.step(tokens, self.pool, slots=slots)
         B = tokens.shape[0]
         bucket = 1 << (B - 1).bit_length()
@@ -277,7 +281,7 @@ class Engine:
         self.device = model.embedding.weight.device
         self.pool = model.allocate_state(capacity + 1, device=self.device)  # last row: padding scratch
         self.logits = torch.zeros(capacity + 1, tokenizer.vocab_size, device=self.device)  # (S+1, V)
-        self._free = list(range(capacity - 1, -1, -1))
+        self._free = list(range(capacity))  # a heap: the lowest free slot first, so sessions pack together
         self._prefilling: dict[EngineSession, None] = {}  # insertion order = round robin
         self.masks = VocabMasks(tokenizer, self.device)
         self._step = BatchedStep(model, self.pool, capacity, cuda_graphs)
@@ -298,10 +302,14 @@ class Engine:
         """A new session in a free slot; `prompt` (token ids, bos first; None = an empty piece) is prefilled
         over the next ticks."""
         s = self._new_session(params)
-        self._zero(s.slot)
-        self.feed(s, prompt if prompt else [self.tokenizer.bos_id])
-        s.start_beat = s.beat
-        s.initial = self._capture(s)
+        try:
+            self._zero(s.slot)
+            self.feed(s, prompt if prompt else [self.tokenizer.bos_id])
+            s.start_beat = s.beat
+            s.initial = self._capture(s)  # allocates (state row, logits): where CUDA runs out of memory
+        except BaseException:
+            self.release(s)  # the slot goes back to the pool
+            raise
         return s
 
     def feed(self, s: EngineSession, tokens: list[int]) -> None:
@@ -323,7 +331,7 @@ class Engine:
         if s.slot is None:
             return
         self._prefilling.pop(s, None)
-        self._free.append(s.slot)
+        heapq.heappush(self._free, s.slot)
         s.slot = None
 
     def set_params(self, s: EngineSession, params: SamplingParams, reseed: bool) -> None:
@@ -391,19 +399,25 @@ class Engine:
         is their latency), and whole chunks when nobody does."""
         waiting = any(s.slot is not None and not s.pending for s in sessions)
         self._prefill(self.prefill_budget if waiting else max(self.prefill_budget, 4 * self.prefill_chunk))
-        ready = [s for s in sessions if s.slot is not None and not s.pending]
+        ready = sorted((s for s in sessions if s.slot is not None and not s.pending), key=lambda s: s.slot)
         if not ready:
             return []
         slots = torch.tensor([s.slot for s in ready], device=self.device)  # (B,)
+        first, last = ready[0].slot, ready[-1].slot
+        rows = slice(first, last + 1) if last - first + 1 == len(ready) else None  # the usual case when busy
         tokens = sample(
-            self.logits.index_select(0, slots),
+            self.logits[rows] if rows is not None else self.logits.index_select(0, slots),
             temperature=torch.tensor([s.params.temperature for s in ready], device=self.device),
             top_k=torch.tensor([s.params.top_k for s in ready], device=self.device),
             top_p=torch.tensor([s.params.top_p for s in ready], device=self.device),
             uniforms=torch.tensor([s.sampler.uniform() for s in ready], dtype=torch.float64).to(self.device),
             allowed=torch.stack([s.sampler.allowed(s.decoder) for s in ready]),
         )
-        self.logits.index_copy_(0, slots, self._step(tokens, slots))
+        logits = self._step(tokens, slots, rows)
+        if rows is not None:
+            self.logits[rows] = logits
+        else:
+            self.logits.index_copy_(0, slots, logits)
         out = []
         for s, t in zip(ready, tokens.tolist(), strict=True):
             s.sampler.observe(t, s.decoder)
@@ -429,7 +443,7 @@ class Engine:
         if not self._free:
             raise EngineFull(f"all {self.capacity} session slots are in use")
         return EngineSession(
-            slot=self._free.pop(), sampler=SessionSampler(params, self.masks), decoder=self.tokenizer.decoder()
+            slot=heapq.heappop(self._free), sampler=SessionSampler(params, self.masks), decoder=self.tokenizer.decoder()
         )
 
     def _zero(self, slot: int) -> None:
