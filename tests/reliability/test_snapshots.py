@@ -16,9 +16,11 @@ HEAD = struct.Struct("<8sHI")  # sm1/engine.py: magic, version, length of the JS
 
 @pytest.fixture(scope="module")
 def servers(tiny_checkpoint, other_checkpoint, tmp_path_factory):
-    with serving(tiny_checkpoint, tmp_path_factory.mktemp("a")) as a:
-        with serving(other_checkpoint, tmp_path_factory.mktemp("b")) as b:
-            yield a, b
+    with (
+        serving(tiny_checkpoint, tmp_path_factory.mktemp("a")) as a,
+        serving(other_checkpoint, tmp_path_factory.mktemp("b")) as b,
+    ):
+        yield a, b
 
 
 def snapshot_of_a_session(server) -> bytes:
