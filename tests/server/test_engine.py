@@ -166,3 +166,15 @@ def test_the_writer_lead_starts_an_onset_a_little_before_the_lookahead_reaches_i
     assert p.wants_tokens(horizon=2.4, now=0.0) and not p.wants_tokens(horizon=2.5, now=0.0)
     assert p.seconds_until_wanted(horizon=3.5, now=0.0) == pytest.approx(0.5)
     assert p.deadline(3.5) == pytest.approx(0.75)  # the promise to the client does not move
+
+
+def test_sessions_in_a_packed_run_of_slots_and_scattered_ones_get_the_same_tokens(ck, prompt):
+    packed = Engine(ck.model, ck.tokenizer, capacity=8)
+    a = [packed.admit(prompt, SamplingParams(seed=i)) for i in range(3)]  # slots 0, 1, 2: one view of the pool
+    scattered = Engine(ck.model, ck.tokenizer, capacity=8)
+    b = []
+    for i in range(3):
+        b.append(scattered.admit(prompt, SamplingParams(seed=i)))
+        scattered.admit(None, SamplingParams())  # a hole after each: slots 0, 2, 4 (gathered by index)
+    assert [s.slot for s in b] == [0, 2, 4]
+    assert run(packed, a, 60) == run(scattered, b, 60)
