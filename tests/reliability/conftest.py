@@ -43,3 +43,11 @@ def other_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     model = SM1(SM1Config(vocab_size=tokenizer.vocab_size, d_model=32, n_layer=2))
     return save(tmp_path_factory.mktemp("checkpoints") / "other", model, tokenizer, {}, name="other")
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(tiny_checkpoint, tmp_path_factory):
+    """Short clips and a short idle timeout, so that thousands of fuzzed requests stay cheap."""
+    log_dir = tmp_path_factory.mktemp("fuzz")
+    with serving(tiny_checkpoint, log_dir, max_clip_beats=8, max_clip_tokens=64, idle_timeout_s=2) as s:
+        yield s
