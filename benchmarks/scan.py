@@ -158,7 +158,7 @@ def bench_layer(d_model: int, bsz: int, length: int, device: str, reps: int) -> 
         block = MambaBlock(SM1Config(vocab_size=443, d_model=d_model, d_state=d_state)).to(device)
         u = torch.randn(bsz, length, d_model, device=device, requires_grad=True)
         ssm = torch.zeros(bsz, block.cfg.d_inner, d_state, device=device)
-        conv = torch.zeros(bsz, block.cfg.d_inner, block.cfg.d_conv - 1, device=device)
+        conv = torch.zeros(bsz, block.cfg.d_conv - 1, block.cfg.d_inner, device=device)
 
         def fwd_bwd(block=block, u=u, ssm=ssm, conv=conv):
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
