@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         default_factory=list, description="origins allowed to call the REST API (comma-separated); empty: none"
     )
     api_key: SecretStr | None = Field(None, description="if set, required on REST calls and the WebSocket")
+    snapshot_key: SecretStr | None = Field(
+        None,
+        description="secret that signs session snapshots (HMAC-SHA256): set the same one on every replica that "
+        "restores them; unset: signed with the public model id, which catches damage but not forgery",
+    )
     max_frame_bytes: int = Field(2 << 20, ge=1024, description="largest WebSocket frame a client may send")
     max_messages_per_s: float = Field(50.0, gt=0, description="sustained client messages per connection")
     message_burst: int = Field(200, ge=1, description="client messages allowed in a burst")

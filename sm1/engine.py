@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import hmac
 import json
 import logging
 import struct
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +36,9 @@ from sm1.tokenizer import StreamDecoder, Tokenizer
 log = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"SM1SNAP\x00"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: HMAC-SHA256 signature instead of a CRC-32
 _SNAPSHOT_HEAD = struct.Struct("<8sHI")  # magic, version, length of the JSON header
-_CRC = struct.Struct("<I")
+_TAG_BYTES = 32  # HMAC-SHA256 over everything before it
 
 
 class EngineFull(RuntimeError):
@@ -270,6 +270,7 @@ class Engine:
         prefill_chunk: int = 256,
         prefill_budget: int = 128,
         cuda_graphs: bool = True,
+        snapshot_key: bytes | None = None,
     ) -> None:
         if not isinstance(model, SM1):
             raise TypeError(f"the engine serves SM1 models (slot-pool step), not {type(model).__name__}")
@@ -286,6 +287,9 @@ class Engine:
         self.masks = VocabMasks(tokenizer, self.device)
         self._step = BatchedStep(model, self.pool, capacity, cuda_graphs)
         self.model_id = weights_digest(model)
+        # Snapshots are signed: with a secret key (shared by the replicas that restore each other's sessions) a
+        # forged or altered one is refused; without one the key is the public model id, which catches damage only.
+        self._snapshot_key = snapshot_key or self.model_id.encode()
         self.state_floats = state_floats(self.config)
         self.state_bytes = self.pool.select([0]).nbytes()
 
@@ -376,7 +380,10 @@ class Engine:
         }
         head = json.dumps(header).encode()
         body = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(head)) + head + b"".join(sections)
-        return body + _CRC.pack(zlib.crc32(body))
+        return body + self._sign(body)
+
+    def _sign(self, body: bytes) -> bytes:
+        return hmac.new(self._snapshot_key, body, hashlib.sha256).digest()
 
     def restore(self, data: bytes) -> tuple[EngineSession, dict[str, Any]]:
         """A new session exactly where the snapshot was taken; returns it and the snapshot's `extra`."""
@@ -488,23 +495,27 @@ class Engine:
             self._prefilling[s] = None
 
     def _parse_snapshot(self, data: bytes) -> tuple[_Mark, dict[str, Any]]:
-        if len(data) < _SNAPSHOT_HEAD.size + _CRC.size:
+        if len(data) < _SNAPSHOT_HEAD.size + _TAG_BYTES:
             raise SnapshotError("snapshot is too short to be one")
-        body, (crc,) = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])
+        body, tag = data[:-_TAG_BYTES], data[-_TAG_BYTES:]
         magic, version, head_len = _SNAPSHOT_HEAD.unpack_from(body)
         if magic != SNAPSHOT_MAGIC:
             raise SnapshotError("not an SM1 session snapshot (bad magic bytes)")
         if version != SNAPSHOT_VERSION:
             raise SnapshotError(f"snapshot version {version} is not supported (this server reads {SNAPSHOT_VERSION})")
-        if zlib.crc32(body) != crc:
-            raise SnapshotError("snapshot is damaged (checksum does not match)")
         try:
             h = json.loads(body[_SNAPSHOT_HEAD.size : _SNAPSHOT_HEAD.size + head_len])
             sizes = [int(n) for n in h["sections"]]
         except (ValueError, KeyError, TypeError) as e:
-            raise SnapshotError(f"snapshot header is unreadable: {e}") from e
-        if h.get("model") != self.model_id or h.get("vocab") != self.tokenizer.fingerprint:
+            h, unreadable = None, e
+        # the header is read before the signature is checked only to say why a snapshot is refused
+        foreign = h is not None and (h.get("model") != self.model_id or h.get("vocab") != self.tokenizer.fingerprint)
+        if foreign:
             raise SnapshotError("snapshot was made by another checkpoint; restore it on a server running that one")
+        if not hmac.compare_digest(self._sign(body), tag):
+            raise SnapshotError("snapshot is damaged or was not signed by this server (signature does not match)")
+        if h is None:
+            raise SnapshotError(f"snapshot header is unreadable: {unreadable}")
         payload = body[_SNAPSHOT_HEAD.size + head_len :]
         if len(sizes) != 3 or sum(sizes) != len(payload):
             raise SnapshotError("snapshot sections do not add up")

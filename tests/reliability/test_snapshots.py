@@ -1,10 +1,12 @@
-"""A snapshot made by another checkpoint, or changed on the way, is refused with a clear error and never
-takes a slot. (Snapshots carry a CRC-32, which any change flips; it is not a secret MAC: someone who
-recomputes it can still alter the state numbers of their own session, but not its model or token ids.)"""
+"""A snapshot made by another checkpoint, changed on the way, or forged is refused with a clear error and
+never takes a slot. Snapshots are signed with HMAC-SHA256: with SM1_SNAPSHOT_KEY set, only the servers that
+share the key can make one they accept; without it the key is the public model id, which catches damage,
+and a forgery signed with it is still checked field by field."""
 
+import hashlib
+import hmac
 import json
 import struct
-import zlib
 
 import pytest
 
@@ -38,8 +40,17 @@ def restore(server, blob: bytes):
     return r, server.health()["sessions"] - before
 
 
-def with_crc(body: bytes) -> bytes:
-    return body + struct.pack("<I", zlib.crc32(body))
+TAG = 32  # HMAC-SHA256 at the end of every snapshot
+DAMAGED = "snapshot is damaged or was not signed by this server (signature does not match)"
+
+
+def signed(body: bytes, key: bytes) -> bytes:
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def model_id(server) -> str:
+    with server.client() as http:
+        return http.get("/v1/model").json()["model_id"]
 
 
 def test_a_snapshot_restores_on_its_own_checkpoint_only(servers):
@@ -55,27 +66,49 @@ def test_a_snapshot_restores_on_its_own_checkpoint_only(servers):
     }
 
 
-@pytest.mark.parametrize("where", [20, -200, -5])  # header, state/logits, CRC itself
+@pytest.mark.parametrize("where", [20, -200, -5])  # header, state/logits, the signature itself
 def test_a_snapshot_changed_anywhere_is_refused_as_damaged(servers, where):
     a, _ = servers
     blob = bytearray(snapshot_of_a_session(a))
     blob[where] ^= 0x01
     r, taken = restore(a, bytes(blob))
     assert r.status_code == 422 and taken == 0
-    assert r.json() == {"code": "bad_snapshot", "message": "snapshot is damaged (checksum does not match)"}
+    assert r.json() == {"code": "bad_snapshot", "message": DAMAGED}
 
 
-def test_a_forged_snapshot_with_its_checksum_redone_is_still_checked_field_by_field(servers):
-    """Another checkpoint's snapshot relabelled with this model's id, a token id put in, the CRC redone."""
+def test_a_forged_snapshot_signed_with_the_public_model_id_is_still_checked_field_by_field(servers):
+    """On a server with no snapshot key: another checkpoint's snapshot relabelled with this model's id, a
+    token id put in, and signed again with the (public) model id."""
     a, b = servers
     blob = snapshot_of_a_session(b)
     magic, version, n = HEAD.unpack_from(blob)
     header = json.loads(blob[HEAD.size : HEAD.size + n])
-    with a.client() as http:
-        header["model"] = http.get("/v1/model").json()["model_id"]
+    header["model"] = model_id(a)
     header["pending"] = [10**6]  # and a token id outside the vocabulary
     head = json.dumps(header).encode()
-    forged = with_crc(HEAD.pack(magic, version, len(head)) + head + blob[HEAD.size + n : -4])
+    forged = signed(HEAD.pack(magic, version, len(head)) + head + blob[HEAD.size + n : -TAG], header["model"].encode())
     r, taken = restore(a, forged)
     assert r.status_code == 422 and taken == 0
     assert r.json() == {"code": "bad_snapshot", "message": "snapshot holds token ids outside the vocabulary"}
+
+
+def test_with_a_snapshot_key_only_snapshots_signed_with_it_restore(tiny_checkpoint, tmp_path):
+    """Altered state numbers re-signed with the public model id, or a snapshot from a server with another
+    key, are refused; the server's own snapshot restores."""
+    (tmp_path / "k1").mkdir()
+    (tmp_path / "k2").mkdir()
+    with (
+        serving(tiny_checkpoint, tmp_path / "k1", snapshot_key="replica secret") as keyed,
+        serving(tiny_checkpoint, tmp_path / "k2", snapshot_key="another secret") as other,
+    ):
+        blob = snapshot_of_a_session(keyed)
+        ok, taken = restore(keyed, blob)
+        assert ok.status_code == 201 and taken == 1
+
+        body = bytearray(blob[:-TAG])
+        body[-100] ^= 0x40  # a number of the session's state, changed on purpose
+        forged = signed(bytes(body), model_id(keyed).encode())
+        for server, data in [(keyed, forged), (other, blob)]:
+            r, taken = restore(server, data)
+            assert r.status_code == 422 and taken == 0
+            assert r.json() == {"code": "bad_snapshot", "message": DAMAGED}
