@@ -45,9 +45,10 @@ class Settings(BaseSettings):
     pacing_lead_s: float = Field(
         0.15, ge=0, le=5, description="start writing an onset's notes this much before the lookahead reaches it"
     )
-    prefill_chunk: int = Field(256, ge=1, description="prompt tokens per forward call")
+    prefill_chunk: int = Field(128, ge=1, description="prompt tokens per forward call")
     prefill_budget: int = Field(
-        128, ge=1, description="prompt tokens prefilled per tick while streams wait (all sessions together)"
+        128, ge=1, description="prompt tokens prefilled per tick while streams wait (all sessions together; "
+        "whole chunks, so at least one)"
     )
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core but one")
     cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")

@@ -199,11 +199,21 @@ class Pacing:
         }
 
 
+MIN_EAGER_ROWS = 16  # BLAS gives each row the same bits for every batch of at least this many rows
+
+
 class BatchedStep:
     """`model.step` on rows `slots` of the pool; on CUDA, replayed from one CUDA graph per batch bucket.
 
     Buckets are powers of two; padding rows point at a scratch slot (the pool's last row), so the graph
     reads and writes the pool in place and no state is copied in or out of graph buffers.
+
+    Eagerly, a batch of fewer than MIN_EAGER_ROWS is padded up to it the same way: below that size BLAS picks
+    other kernels per batch size (other summation orders), so a session's logits would change in their last
+    bits as others come and go, and a seeded stream could take another turn. From 16 rows on, the CPU kernels
+    give a row the same bits whatever the batch (tests/server/test_engine.py checks it bit for bit); it costs
+    a lone session about 2 ms a step more on a 2-core CPU. On CUDA, each bucket has its own cuBLAS kernels,
+    so there the promise is only "the same up to the last bits".
     """
 
     def __init__(self, model: SM1, pool: SM1State, scratch_slot: int, use_graphs: bool) -> None:
@@ -217,6 +227,12 @@ class BatchedStep:
         """tokens, slots (B,) int64 on the device -> logits (B, V). `rows`: the slots are exactly this
         range, so (eagerly) the step can work on a view of the pool, with no gather and scatter."""
         if not self.use_graphs:
+            B = tokens.shape[0]
+            if B < MIN_EAGER_ROWS:
+                pad = MIN_EAGER_ROWS - B
+                tokens = torch.cat([tokens, tokens.new_zeros(pad)])
+                slots = torch.cat([slots, slots.new_full((pad,), self.scratch)])
+                return self.model.step(tokens, self.pool, slots=slots)[:B]
             if rows is not None:
                 return self.model.step(tokens, SM1State(self.pool.ssm[:, rows], self.pool.conv[:, rows]))
             return self.model.step(tokens, self.pool, slots=slots)
@@ -267,7 +283,7 @@ class Engine:
         tokenizer: Tokenizer,
         capacity: int,
         *,
-        prefill_chunk: int = 256,
+        prefill_chunk: int = 128,
         prefill_budget: int = 128,
         cuda_graphs: bool = True,
         snapshot_key: bytes | None = None,
@@ -402,8 +418,8 @@ class Engine:
     def tick(self, sessions: list[EngineSession]) -> list[Generated]:
         """Some prefill, then one token for each of `sessions` that has read all its input.
 
-        Prefill takes at most `prefill_budget` tokens while others wait for their token (a tick's length
-        is their latency), and whole chunks when nobody does."""
+        Prefill reads about `prefill_budget` tokens while others wait for their token (a tick's length is
+        their latency: at least one chunk, whole chunks only), and four chunks' worth when nobody does."""
         waiting = any(s.slot is not None and not s.pending for s in sessions)
         self._prefill(self.prefill_budget if waiting else max(self.prefill_budget, 4 * self.prefill_chunk))
         ready = sorted((s for s in sessions if s.slot is not None and not s.pending), key=lambda s: s.slot)
@@ -459,10 +475,13 @@ class Engine:
         self.logits[slot].zero_()
 
     def _prefill(self, budget: int) -> None:
+        """Whole chunks, round robin, until `budget` tokens are read (the last chunk may overrun it). A chunk's
+        length depends on the session's own input only, never on who else is waiting: the scan and the
+        matmuls of a prompt then add up in the same order every time, and so give the same bits."""
         while self._prefilling and budget > 0:
             s = next(iter(self._prefilling))
             del self._prefilling[s]
-            n = min(len(s.pending), self.prefill_chunk, budget)
+            n = min(len(s.pending), self.prefill_chunk)
             chunk = torch.tensor([[s.pending.popleft() for _ in range(n)]], device=self.device)  # (1, n)
             logits, state = self.model(chunk, self.pool.select([s.slot]))
             self.pool.assign([s.slot], state)

@@ -4,7 +4,7 @@ Everything runs batched over the sessions of a tick, yet each row's choice depen
 logits, its params, its own uniform draw), never on which other sessions share the batch: the nucleus is
 found by sorting only the rows that ask for top-p, and the token is drawn by inverse CDF over the kept
 tokens in vocabulary order. So the same seed, params and prompt give the same notes whatever else runs
-(up to the last bits of the batched matmul, which BLAS does not promise to keep across batch sizes).
+(the engine keeps the logits themselves batch-independent: see BatchedStep).
 
 Notes are written well-formed: after a pitch only a velocity may follow, after that only a duration (the
 decoder would drop anything else, and the token would be wasted). Constraints are masks over the

@@ -48,10 +48,11 @@ def aligned(heard: list[tuple[int, int, int]], expected: list[tuple[int, int, in
     for k in range(min(32, len(expected))):
         if heard == expected[k : k + len(heard)]:
             return k
-    first_difference = next((i for i, (h, e) in enumerate(zip(heard, expected, strict=False)) if h != e), None)
+    first_difference = next((i for i, (h, e) in enumerate(zip(heard, expected, strict=False)) if h != e), 0)
+    lo, hi = max(0, first_difference - 8), first_difference + 16
     raise AssertionError(
         f"the DAW heard other notes than the stream wrote (first difference at note {first_difference}):\n"
-        f"heard    {heard[:40]}\nexpected {expected[:40]}\nbridge log:\n{log[-2000:]}"
+        f"heard    {heard[lo:hi]}\nexpected {expected[lo:hi]}  (notes {lo} to {hi})\nbridge log:\n{log[-2000:]}"
     )
 
 

@@ -1,6 +1,7 @@
 """The engine: batched sessions that behave as if each ran alone; snapshot, restore, fork, reset; pacing."""
 
 import pytest
+import torch
 
 from sm1.checkpoint import load
 from sm1.engine import ClipLength, Engine, EngineFull, Pacing, SnapshotError
@@ -47,15 +48,34 @@ def test_the_same_seed_params_and_prompt_give_the_same_clip(engine, prompt):
     assert c.events != a.events
 
 
-def test_a_session_gives_the_same_notes_whatever_else_runs(engine, prompt):
+def traced(engine, s, others, ticks, releases):
+    """(token, logits after it) of session `s` over `ticks` ticks beside `others`; at tick t, `releases[t]`
+    of the others leave (so the batch shrinks through sizes on both sides of the padding)."""
+    out = []
+    for t in range(ticks):
+        for o in others[: releases.get(t, 0)]:
+            engine.release(o)
+        others = others[releases.get(t, 0) :]
+        out += [(g.token, engine.logits[s.slot].clone()) for g in engine.tick([*others, s]) if g.session is s]
+    return out
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny", "shipped"])
+def test_a_session_gives_the_same_bits_whatever_else_runs(checkpoint, tiny_checkpoint, prompt):
+    ck = load(tiny_checkpoint if checkpoint == "tiny" else None)
+    engine = Engine(ck.model, ck.tokenizer, capacity=40, prefill_chunk=64, prefill_budget=32)
     params = SamplingParams(seed=3)
-    alone = engine.admit(prompt, params)
-    [tokens_alone] = run(engine, [alone], 150)
-    engine.release(alone)
-    crowd = [engine.admit(prompt[: 50 * i], SamplingParams(seed=100 + i, temperature=0.5 * i)) for i in range(1, 5)]
-    again = engine.admit(prompt, params)
-    tokens_crowd = run(engine, [*crowd, again], 150)
-    assert tokens_crowd[-1] == tokens_alone
+    s = engine.admit(prompt, params)
+    alone = traced(engine, s, [], 150, {})
+    engine.release(s)
+    crowd = [engine.admit(prompt[: 10 * i] or None, SamplingParams(seed=100 + i, temperature=0.5)) for i in range(30)]
+    s = engine.admit(prompt, params)  # prefilled while the crowd waits: other chunks of the budget each tick
+    beside = traced(engine, s, crowd, 300, {40: 10, 80: 12, 110: 7})  # batch 31 -> 21 -> 9 -> 2 -> 1
+    beside = beside[: len(alone)]
+    assert len(alone) == len(beside) > 100
+    assert [t for t, _ in beside] == [t for t, _ in alone]
+    different = [i for i, ((_, a), (_, b)) in enumerate(zip(alone, beside, strict=True)) if not torch.equal(a, b)]
+    assert not different, f"logits differ in their bits from token {different[0]} on"
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_getting_tokens(ck):
