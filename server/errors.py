@@ -17,6 +17,10 @@ class ApiError(Exception):
         self.message = message
 
 
+class ModelFailed(ApiError):
+    """The model failed on this request's session (the server logged why); the session is gone."""
+
+
 class BadPrompt(ApiError):
     code, status = ErrorCode.BAD_PROMPT, 422
 

@@ -3,6 +3,8 @@ as `KIND@N`, comma-separated; the N-th call of that kind (1-based) raises (name 
 Never set it in production.
 
     step_error@20    the 20th batched model step raises RuntimeError (a failing kernel, a bad state row)
+    prefill_error@2  the 2nd prompt/notes chunk the model reads raises RuntimeError (every session's first
+                     chunk is at least its bos token, so @2 is the second session's prompt, say)
     admit_oom@2      the 2nd admit raises torch.OutOfMemoryError after taking its slot (CUDA OOM, on any device)
 
 tests/reliability sets it on a real `sm1-server` to check that a fault fails only what it touched.
@@ -25,6 +27,10 @@ def _step_error() -> Exception:
     return RuntimeError("injected fault: the model step failed")
 
 
+def _prefill_error() -> Exception:
+    return RuntimeError("injected fault: the model failed reading a prompt")
+
+
 def _admit_oom() -> Exception:
     return torch.OutOfMemoryError("injected fault: CUDA out of memory while admitting a session")
 
@@ -32,6 +38,7 @@ def _admit_oom() -> Exception:
 # kind -> (the engine attribute whose call counts, the exception its N-th call raises)
 FAULTS: dict[str, tuple[str, Callable[[], Exception]]] = {
     "step_error": ("_step", _step_error),
+    "prefill_error": ("_read", _prefill_error),
     "admit_oom": ("_zero", _admit_oom),  # _zero runs in admit only, after the slot is taken
 }
 

@@ -24,7 +24,15 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from server.errors import ApiError, BadSnapshot, ServerFull, SessionBusy, ShuttingDown, UnknownSession
+from server.errors import (
+    ApiError,
+    BadSnapshot,
+    ModelFailed,
+    ServerFull,
+    SessionBusy,
+    ShuttingDown,
+    UnknownSession,
+)
 from server.metrics import Metrics
 from server.prompts import prompt_events, prompt_tokens
 from server.protocol import CloseCode, ErrorCode, SessionInfo, StreamOptions, events_frame, ready_frame
@@ -130,6 +138,7 @@ class LiveSession:
     last_seen: float = field(default_factory=time.monotonic)
     released: bool = False
     prefilled: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: str | None = None  # why the model could not read its prompt (set with `prefilled`)
 
     @property
     def outbox(self) -> Outbox | None:
@@ -265,6 +274,8 @@ class SessionHub:
                 if self._forget(ls):
                     self.worker.submit(self.engine.release, ls.es)
                 raise
+            if ls.failure is not None:
+                raise ModelFailed(ls.failure)
         return ls
 
     def prefill_done(self) -> None:
@@ -342,8 +353,12 @@ class SessionHub:
         return True
 
     async def fail(self, failed: list[LiveSession], message: str) -> None:
-        """A tick failed: its streams get an `error` and close 1011, its clips fail; their slots are freed."""
+        """A tick failed: its streams get an `error` and close 1011, its clips fail, a request waiting for its
+        prompt to be read fails; their slots are freed."""
         for ls in failed:
+            if ls in self.prefilling:
+                ls.failure = message
+                ls.prefilled.set()
             if ls.clip is not None and not ls.clip.done.done():
                 ls.clip.done.set_exception(ApiError(message))
             elif ls.connection is not None:

@@ -11,6 +11,7 @@ import time
 
 from server.metrics import Metrics
 from server.sessions import EngineWorker, SessionHub
+from sm1.engine import PrefillError
 
 log = logging.getLogger("sm1.server")
 
@@ -39,6 +40,12 @@ class TickLoop:
             t0 = time.perf_counter()
             try:
                 generated = await self.worker.call(engine.tick, [s.es for s in ready])
+            except PrefillError as e:  # before the step: only the session being read is lost
+                log.exception("engine tick failed reading a session's input: ending that session")
+                self.metrics.errors.labels("engine").inc()
+                reading = [s for s in hub.sessions.values() if s.es is e.session]
+                await hub.fail(reading, "the model failed while reading this session's input (the server logged why)")
+                continue
             except Exception:
                 # a session's state after a half-run step is unknown: end the ones this tick served, keep the rest
                 log.exception("engine tick failed: ending the %d session(s) it served", len(ready))

@@ -45,6 +45,15 @@ class EngineFull(RuntimeError):
     """Every slot of the pool is taken."""
 
 
+class PrefillError(RuntimeError):
+    """Reading one session's input (prompt or notes) failed: that session is in an unknown state and must be
+    ended; every other session is untouched (the failed chunk wrote nothing to the pool)."""
+
+    def __init__(self, session: EngineSession) -> None:
+        super().__init__("the model failed while reading a session's input")
+        self.session = session
+
+
 class SnapshotError(ValueError):
     """A snapshot that cannot be restored here: damaged, another version, or made by another checkpoint."""
 
@@ -483,12 +492,19 @@ class Engine:
             del self._prefilling[s]
             n = min(len(s.pending), self.prefill_chunk)
             chunk = torch.tensor([[s.pending.popleft() for _ in range(n)]], device=self.device)  # (1, n)
-            logits, state = self.model(chunk, self.pool.select([s.slot]))
-            self.pool.assign([s.slot], state)
-            self.logits[s.slot] = logits[0, -1]
+            try:
+                self._read(s, chunk)
+            except Exception as e:
+                raise PrefillError(s) from e
             budget -= n
             if s.pending:
                 self._prefilling[s] = None  # to the back of the queue
+
+    def _read(self, s: EngineSession, chunk: Tensor) -> None:
+        """The model reads `chunk` (1, n) from the session's state; its slot and last logits move on."""
+        logits, state = self.model(chunk, self.pool.select([s.slot]))
+        self.pool.assign([s.slot], state)
+        self.logits[s.slot] = logits[0, -1]
 
     def _capture(self, s: EngineSession) -> _Mark:
         return _Mark(

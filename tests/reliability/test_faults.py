@@ -1,9 +1,12 @@
-"""Faults: a failing model step ends only the sessions it served, out-of-memory on admit answers 1013, and
-the server goes on serving everyone else (faults injected in the real server: server/faults.py)."""
+"""Faults: a failing model step ends only the sessions it served, a prompt the model fails to read fails only
+its request, out-of-memory on admit answers 1013, and the server goes on serving everyone else (faults
+injected in the real server: server/faults.py)."""
 
 import asyncio
+import base64
 
 from tests.reliability.conftest import Stream, connect, serving, wait_for_sessions
+from tests.server.conftest import midi_bytes
 
 
 def test_a_failing_step_ends_only_the_sessions_in_that_tick_and_the_server_goes_on(tiny_checkpoint, tmp_path):
@@ -54,3 +57,36 @@ def test_out_of_memory_on_admit_answers_1013_and_gives_the_slot_back(tiny_checkp
     assert refused["code"] == "server_full" and code == 1013 and "out of memory" in reason
     assert rest.status_code == 503 and rest.json()["code"] == "server_full"
     assert len(after) == 10
+
+
+def test_a_prompt_the_model_fails_to_read_fails_only_its_request_and_the_server_goes_on(tiny_checkpoint, tmp_path):
+    # every session's first chunk is at least its bos: chunk 1 is `playing`, 2 the stream's prompt, 3 the clip's
+    prompt = base64.b64encode(midi_bytes("Aicha.mid")).decode()
+    with serving(tiny_checkpoint, tmp_path, inject_faults="prefill_error@2,prefill_error@3") as server:
+
+        async def main():
+            async with connect(server) as a, connect(server) as b:
+                playing, hit = Stream(a), Stream(b)
+                await playing.send(type="start", params={"seed": 1}, realtime=False)
+                await playing.expect("ready")
+                await playing.events(5)
+                await hit.send(type="start", prompt=prompt)
+                error = await hit.expect("error")
+                with server.client() as http:
+                    clip = http.post("/v1/generate", json={"prompt": prompt, "length_beats": 4})
+                    clip_after = http.post("/v1/generate", json={"prompt": prompt, "length_beats": 4})
+                await hit.send(type="start", prompt=prompt, realtime=False)  # the same connection tries again
+                await hit.expect("ready")
+                played = await playing.events(40)
+                return error, clip, clip_after, played, playing.frames, await hit.events(10)
+
+        error, clip, clip_after, played, frames, retried = asyncio.run(main())
+        wait_for_sessions(server, 0)
+        log = server.log_text()
+    assert error["code"] == "internal" and "reading this session's input" in error["message"]
+    assert clip.status_code == 500 and clip.json()["code"] == "internal"
+    assert clip_after.status_code == 200 and len(played) == 40 and len(retried) == 10
+    seqs = [f["seq"] for _, f in frames if f["type"] == "events"]
+    assert seqs == list(range(len(seqs)))  # the stream beside the failures lost nothing
+    assert log.count("injected fault: the model failed reading a prompt") == 2
+    assert log.count("ending that session") == 2
