@@ -5,6 +5,8 @@ N streams at once (tempo 120, lookahead 2 beats, realtime, each continuing the s
 own seed), lets them play for --seconds, and reports:
 
   tokens/s      sampled by the server in total over the window (Prometheus counter sm1_tokens_total)
+  batch mean    sessions per batched step (ticks that stepped nobody, prefill only, are not counted)
+  engine busy   share of the window the engine spent in ticks (1.0: the engine thread is the limit)
   tick p50/p99  time of one engine tick (prefill + batched step + sampling), from /healthz over the window
   late p50/p99/max  how late a note left the server after its due time minus the lookahead (/healthz)
   lost          events frames missing or out of order in the clients' `seq` numbers (must be 0)
@@ -57,8 +59,11 @@ def dense_prompt(beats: int = 16) -> bytes:
 
 
 class Server:
-    def __init__(self, checkpoint: str | None, device: str, max_sessions: int, log: Path) -> None:
+    def __init__(
+        self, checkpoint: str | None, device: str, max_sessions: int, log: Path, settings: dict[str, str] | None = None
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SM1_")}
+        env |= {f"SM1_{k.upper()}": v for k, v in (settings or {}).items()}
         env |= {"SM1_PORT": "0", "SM1_DEVICE": device, "SM1_MAX_SESSIONS": str(max_sessions)}
         if checkpoint:
             env["SM1_CHECKPOINT"] = checkpoint
@@ -75,9 +80,12 @@ class Server:
         self.http = f"http://127.0.0.1:{m.group(1)}"
         self.ws = f"ws://127.0.0.1:{m.group(1)}/v1/stream"
 
-    def tokens_total(self) -> float:
+    def counters(self) -> dict[str, float]:
+        """Running totals from /metrics: tokens, ticks, rows stepped, seconds spent in ticks."""
         text = httpx.get(f"{self.http}/metrics", timeout=30).text
-        return float(re.search(r"^sm1_tokens_total (\S+)$", text, re.M).group(1))
+        names = {"tokens": "sm1_tokens_total", "ticks": "sm1_tick_batch_size_count",
+                 "rows": "sm1_tick_batch_size_sum", "tick_s": "sm1_tick_seconds_sum"}  # fmt: skip
+        return {k: float(re.search(rf"^{v} (\S+)$", text, re.M).group(1)) for k, v in names.items()}
 
     def rss_mb(self) -> float | None:
         try:
@@ -168,9 +176,10 @@ def level(server: Server, n: int, seconds: float, start: dict, procs: int, settl
         if (report := reports.get(timeout=900)) != "started":
             raise RuntimeError(report)
     time.sleep(settle)  # past every stream's first lookahead, written at once when it starts
-    t0, tokens0 = time.monotonic(), server.tokens_total()
+    t0, before = time.monotonic(), server.counters()
     time.sleep(seconds)
-    t1, tokens1 = time.monotonic(), server.tokens_total()
+    t1, after = time.monotonic(), server.counters()
+    delta = {k: after[k] - before[k] for k in after}
     health = httpx.get(f"{server.http}/healthz", params={"window_s": t1 - t0}, timeout=60).json()
     for q in commands:
         q.put("stop")
@@ -181,7 +190,9 @@ def level(server: Server, n: int, seconds: float, start: dict, procs: int, settl
     return {
         "sessions": n,
         "seconds": round(t1 - t0, 2),
-        "tokens_per_s": round((tokens1 - tokens0) / (t1 - t0), 1),
+        "tokens_per_s": round(delta["tokens"] / (t1 - t0), 1),
+        "batch_mean": round(delta["rows"] / max(delta["ticks"], 1), 1),
+        "engine_busy": round(delta["tick_s"] / (t1 - t0), 2),
         "tick_ms_p50": tick.get("p50"),
         "tick_ms_p99": tick.get("p99"),
         "late_ms_p50": late.get("p50"),
@@ -218,7 +229,8 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = random_checkpoint(args.random, out) if args.random else args.checkpoint
-    server = Server(checkpoint, args.device, max(sizes) + 8, out / "server.log")
+    settings = dict(kv.split("=", 1) for kv in args.set)
+    server = Server(checkpoint, args.device, max(sizes) + 8, out / "server.log", settings)
     try:
         model = httpx.get(f"{server.http}/v1/model", timeout=30).json()
         print(f"model {model['name']}: {model['params']:,} params, state {model['state_floats']} floats, "
@@ -243,6 +255,7 @@ def run(args: argparse.Namespace) -> dict:
             "model": model,
             "tempo_bpm": args.tempo,
             "lookahead_beats": args.lookahead,
+            "server_settings": settings,
             "levels": rows,
         }
     finally:
@@ -250,8 +263,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(result: dict) -> str:
-    cols = ["sessions", "tokens_per_s", "tick_ms_p50", "tick_ms_p99", "late_ms_p50", "late_ms_p99", "late_ms_max",
-            "lost", "rss_mb", "max_tokens_per_s", "real_time"]  # fmt: skip
+    cols = ["sessions", "tokens_per_s", "batch_mean", "engine_busy", "tick_ms_p50", "tick_ms_p99", "late_ms_p50",
+            "late_ms_p99", "late_ms_max", "lost", "rss_mb", "max_tokens_per_s", "real_time"]  # fmt: skip
     cols = [c for c in cols if any(c in r for r in result["levels"])]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["levels"]:
@@ -273,6 +286,8 @@ def main() -> None:
     p.add_argument("--lookahead", type=float, default=2.0)
     p.add_argument("--prompt", help="a .mid to continue (default: a generated dense one, ~10 notes a beat)")
     p.add_argument("--client-procs", type=int, default=0, help="client processes (default: 1 per 256 streams)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a server setting (SM1_<NAME>), e.g. --set ws_compression=true; repeatable")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/serve-load", help="folder for serve_load.json, the log")
     args = p.parse_args()
     result = run(args)

@@ -49,7 +49,7 @@ class Runtime:
         )
         faults.install(engine, settings.inject_faults)
         worker, metrics = EngineWorker(engine), Metrics()
-        tick = TickLoop(worker, metrics)
+        tick = TickLoop(worker, metrics, settings.batch_window_s)
         hub = SessionHub(worker, ck.name, settings, metrics, tick.wake)
         rt = cls(settings, ck, engine, worker, metrics, tick, hub)
         rt.tasks = [asyncio.create_task(tick.run(hub)), asyncio.create_task(hub.reap_idle())]

@@ -39,11 +39,17 @@ class Settings(BaseSettings):
     queue_frames: int = Field(64, ge=1, description="frames waiting for a slow client before its stream pauses")
     send_timeout_s: float = Field(10.0, gt=0, description="a send blocked this long drops the client")
     ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket keepalive ping interval")
+    ws_compression: bool = Field(
+        False, description="permessage-deflate on WebSocket frames: fewer bytes, more server CPU per frame"
+    )
     ws_ping_timeout_s: float = Field(20.0, gt=0, description="no pong this long: the client is dropped")
     default_tempo_bpm: float = Field(120.0, ge=1, le=1000)
     default_lookahead_beats: float = Field(2.0, gt=0, le=64)
     pacing_lead_s: float = Field(
         0.15, ge=0, le=5, description="start writing an onset's notes this much before the lookahead reaches it"
+    )
+    batch_window_s: float = Field(
+        0.05, ge=0, le=1, description="a tick also serves the streams that will want a token this soon (batching)"
     )
     prefill_chunk: int = Field(128, ge=1, description="prompt tokens per forward call")
     prefill_budget: int = Field(

@@ -228,3 +228,21 @@ def test_ready_comes_once_a_long_prompt_is_read_so_the_first_notes_are_on_time(s
     assert first["events"][0]["beat"] >= ready["beat"]
     due = t_ready + (first["events"][0]["beat"] - ready["beat"] - 4) * 60 / 240
     assert t_first - max(due, t_ready) < 0.3, "the first notes waited for the prefill"
+
+
+def test_frames_are_not_compressed_unless_the_server_is_told_to(server):
+    """A client offers permessage-deflate (websockets does by default); the server declines it: compressing
+    every small `events` frame costs more CPU than the bytes it saves on a stream (settings.ws_compression)."""
+
+    async def main():
+        async with connect(server) as ws:
+            s = Stream(ws)
+            await s.send(type="start", realtime=False)
+            await s.events(5)
+            return ws.request.headers.get("Sec-WebSocket-Extensions"), ws.response.headers.get(
+                "Sec-WebSocket-Extensions"
+            )
+
+    offered, accepted = asyncio.run(main())
+    assert offered and "permessage-deflate" in offered
+    assert accepted is None
