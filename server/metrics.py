@@ -6,26 +6,29 @@ Each app has its own registry, so several apps (tests) never share counters.
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Recent:
-    """Timestamped samples of one quantity, for exact quantiles over a recent window (histograms only
-    give buckets)."""
+    """The last `n` timestamped samples of one quantity, for exact quantiles over a recent window (histograms
+    only give buckets). A ring of two preallocated arrays, every page written at start: the server's memory
+    does not creep up as the ring fills (a deque of tuples grew the RSS by tens of MB while it filled)."""
 
     def __init__(self, n: int = 200_000) -> None:
-        self.samples: deque[tuple[float, float]] = deque(maxlen=n)
+        self.times = np.full(n, -np.inf)  # monotonic seconds; -inf: never written
+        self.values = np.full(n, np.nan)
+        self._next = 0
 
     def add(self, x: float) -> None:
-        self.samples.append((time.monotonic(), x))
+        i = self._next % len(self.times)
+        self.times[i], self.values[i] = time.monotonic(), x
+        self._next += 1
 
     def summary(self, window_s: float, scale: float = 1000.0) -> dict[str, float | int]:
         """n, p50, p99 and max (times `scale`: ms for seconds) of the samples of the last `window_s`."""
-        since = time.monotonic() - window_s
-        xs = np.array([x for t, x in self.samples if t >= since])
+        xs = self.values[self.times >= time.monotonic() - window_s]
         if not len(xs):
             return {"n": 0}
         p50, p99, top = (float(v) * scale for v in (*np.quantile(xs, [0.5, 0.99]), xs.max()))
