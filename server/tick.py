@@ -5,7 +5,9 @@ session, a clock report, an outbox with room again).
 A tick also takes the streams that will want a token within `batch_window_s`: writing a token a few ms
 early costs nothing (the lookahead is far longer), and it keeps the streams in step, so that they share one
 batched step instead of each paying for its own small one. Without it, 64 streams drift apart into ticks of
-a few sessions each, and the fixed cost of a step is paid many times over."""
+a few sessions each, and the fixed cost of a step is paid many times over. And where the step pads the
+batch anyway (the engine computes at least 16 rows on the CPU), the next streams due, within
+FILL_WINDOWS x batch_window_s, take those rows: tokens written early, for nothing, and fewer ticks later."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import logging
 import time
 
 from server.metrics import Metrics
-from server.sessions import EngineWorker, SessionHub
+from server.sessions import EngineWorker, LiveSession, SessionHub
 from sm1.engine import PrefillError
 
 log = logging.getLogger("sm1.server")
 
 IDLE_WAIT_S = 0.25  # nothing to do: look again this often anyway
+FILL_WINDOWS = 4  # rows the step pads anyway go to streams due within this many batch windows
 
 
 class TickLoop:
@@ -38,6 +41,8 @@ class TickLoop:
             soon = time.monotonic() + self.batch_window_s
             live = list(hub.sessions.values())
             ready = [s for s in live if s.wants_tokens(soon)]
+            if ready and (free := engine.free_rows(len(ready))):
+                ready += self._next_due(live, ready, soon, free)
             if not ready and not engine.has_pending_input:
                 waits = [w for s in live if (w := s.seconds_until_wanted(soon)) is not None]
                 await self._sleep(min(waits, default=IDLE_WAIT_S))
@@ -63,6 +68,13 @@ class TickLoop:
             for g in generated:
                 by_engine_session[g.session].deliver(g)
             hub.prefill_done()
+
+    def _next_due(self, live: list[LiveSession], ready: list[LiveSession], now: float, n: int) -> list[LiveSession]:
+        """Up to `n` streams not in `ready`, soonest due first, due within FILL_WINDOWS - 1 more windows."""
+        horizon = (FILL_WINDOWS - 1) * self.batch_window_s
+        taken = set(ready)
+        due = [(w, i) for i, s in enumerate(live) if s not in taken and (w := s.seconds_until_wanted(now)) is not None]
+        return [live[i] for w, i in sorted(due)[:n] if w <= horizon]
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

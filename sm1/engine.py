@@ -232,6 +232,12 @@ class BatchedStep:
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
+    def rows(self, batch: int) -> int:
+        """Rows a step of `batch` sessions computes (padding included): sessions up to this many ride free."""
+        if self.use_graphs:
+            return 1 << (batch - 1).bit_length()
+        return max(batch, MIN_EAGER_ROWS)
+
     def __call__(self, tokens: Tensor, slots: Tensor, rows: slice | None = None) -> Tensor:
         """tokens, slots (B,) int64 on the device -> logits (B, V). `rows`: the slots are exactly this
         range, so (eagerly) the step can work on a view of the pool, with no gather and scatter."""
@@ -319,6 +325,10 @@ class Engine:
         self.state_bytes = self.pool.select([0]).nbytes()
 
     # ---- slots ------------------------------------------------------------------------------------------
+    def free_rows(self, batch: int) -> int:
+        """How many more sessions a tick of `batch` could step at no extra cost (rows it pads anyway)."""
+        return self._step.rows(max(batch, 1)) - batch
+
     @property
     def active(self) -> int:
         return self.capacity - len(self._free)

@@ -198,3 +198,8 @@ def test_sessions_in_a_packed_run_of_slots_and_scattered_ones_get_the_same_token
         scattered.admit(None, SamplingParams())  # a hole after each: slots 0, 2, 4 (gathered by index)
     assert [s.slot for s in b] == [0, 2, 4]
     assert run(packed, a, 60) == run(scattered, b, 60)
+
+
+def test_a_step_pads_to_16_rows_on_the_cpu_and_says_how_many_ride_free(ck):
+    engine = Engine(ck.model, ck.tokenizer, capacity=40)
+    assert [engine.free_rows(b) for b in (1, 5, 15, 16, 30)] == [15, 11, 1, 0, 0]
