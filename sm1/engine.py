@@ -19,7 +19,6 @@ import heapq
 import hmac
 import json
 import logging
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sm1.blob import pack_blob, split_blob
 from sm1.events import NoteEvent
 from sm1.model import SM1
 from sm1.sampling import SamplingParams, SessionSampler, VocabMasks, sample
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"SM1SNAP\x00"
 SNAPSHOT_VERSION = 2  # 2: HMAC-SHA256 signature instead of a CRC-32
-_SNAPSHOT_HEAD = struct.Struct("<8sHI")  # magic, version, length of the JSON header
 _TAG_BYTES = 32  # HMAC-SHA256 over everything before it
 
 
@@ -414,7 +413,7 @@ class Engine:
             "sections": [len(b) for b in sections],
         }
         head = json.dumps(header).encode()
-        body = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(head)) + head + b"".join(sections)
+        body = pack_blob(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, head, b"".join(sections))
         return body + self._sign(body)
 
     def _sign(self, body: bytes) -> bytes:
@@ -540,16 +539,10 @@ class Engine:
             self._prefilling[s] = None
 
     def _parse_snapshot(self, data: bytes) -> tuple[_Mark, dict[str, Any]]:
-        if len(data) < _SNAPSHOT_HEAD.size + _TAG_BYTES:
-            raise SnapshotError("snapshot is too short to be one")
         body, tag = data[:-_TAG_BYTES], data[-_TAG_BYTES:]
-        magic, version, head_len = _SNAPSHOT_HEAD.unpack_from(body)
-        if magic != SNAPSHOT_MAGIC:
-            raise SnapshotError("not an SM1 session snapshot (bad magic bytes)")
-        if version != SNAPSHOT_VERSION:
-            raise SnapshotError(f"snapshot version {version} is not supported (this server reads {SNAPSHOT_VERSION})")
+        head, payload = split_blob(body, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, "session snapshot", SnapshotError)
         try:
-            h = json.loads(body[_SNAPSHOT_HEAD.size : _SNAPSHOT_HEAD.size + head_len])
+            h = json.loads(head)
             sizes = [int(n) for n in h["sections"]]
         except (ValueError, KeyError, TypeError) as e:
             h, unreadable = None, e
@@ -561,7 +554,6 @@ class Engine:
             raise SnapshotError("snapshot is damaged or was not signed by this server (signature does not match)")
         if h is None:
             raise SnapshotError(f"snapshot header is unreadable: {unreadable}")
-        payload = body[_SNAPSHOT_HEAD.size + head_len :]
         if len(sizes) != 3 or sum(sizes) != len(payload):
             raise SnapshotError("snapshot sections do not add up")
         state_b, logits_b, generator = payload[: sizes[0]], payload[sizes[0] : -sizes[2]], payload[-sizes[2] :]

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from sm1.blob import pack_blob, split_blob
+
 if TYPE_CHECKING:
     from sm1.model import SM1Config
 
 MAGIC = b"SM1S"
 VERSION = 1
-_HEADER = struct.Struct("<4sHI")  # magic, version, length of the JSON header that follows
 
 
 class StateFormatError(ValueError):
@@ -100,26 +100,19 @@ class SM1State:
                 "sha256": hashlib.sha256(payload).hexdigest(),
             }
         ).encode()
-        return _HEADER.pack(MAGIC, VERSION, len(header)) + header + payload
+        return pack_blob(MAGIC, VERSION, header, payload)
 
     @classmethod
     def from_bytes(cls, data: bytes, config: SM1Config, device: torch.device | str = "cpu") -> SM1State:
         """Parse a blob from `to_bytes`, refusing one from another model, version or a damaged one."""
-        if len(data) < _HEADER.size:
-            raise StateFormatError("state blob is too short to hold a header")
-        magic, version, header_len = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise StateFormatError("not an SM1 state blob (bad magic bytes)")
-        if version != VERSION:
-            raise StateFormatError(f"state blob version {version} is not supported (this server reads {VERSION})")
+        head, payload = split_blob(data, MAGIC, VERSION, "state blob", StateFormatError)
         try:
-            header = json.loads(data[_HEADER.size : _HEADER.size + header_len])
+            header = json.loads(head)
             batch, conv_dtype = int(header["batch"]), getattr(torch, header["conv_dtype"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise StateFormatError(f"state blob header is unreadable: {e}") from e
         if header["fingerprint"] != config_fingerprint(config):
             raise StateFormatError("state blob was made by a model with another config; it cannot be restored here")
-        payload = data[_HEADER.size + header_len :]
         if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
             raise StateFormatError("state blob is damaged (payload digest does not match)")
         template = cls.zeros(config, batch, dtype=conv_dtype)
