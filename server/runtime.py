@@ -45,6 +45,7 @@ class Runtime:
             prefill_chunk=settings.prefill_chunk,
             prefill_budget=settings.prefill_budget,
             cuda_graphs=settings.cuda_graphs,
+            fused_step=settings.fused_step,
             snapshot_key=settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else None,
         )
         faults.install(engine, settings.inject_faults)

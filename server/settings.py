@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core but one")
     cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")
+    fused_step: bool = Field(
+        True, description="the Triton decode step (CUDA only; checked against the eager step at start-up)"
+    )
     shutdown_grace_s: float = Field(5.0, ge=0, description="time streams get to flush on SIGTERM")
     log_level: str = Field("info", description="debug, info, warning, error")
     inject_faults: str = Field("", description="TEST ONLY: faults to inject, e.g. step_error@20 (server/faults.py)")

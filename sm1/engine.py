@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sm1 import step_triton
 from sm1.blob import pack_blob, split_blob
 from sm1.events import NoteEvent
 from sm1.model import SM1
@@ -224,12 +225,36 @@ class BatchedStep:
     so there the promise is only "the same up to the last bits".
     """
 
-    def __init__(self, model: SM1, pool: SM1State, scratch_slot: int, use_graphs: bool) -> None:
+    def __init__(self, model: SM1, pool: SM1State, scratch_slot: int, use_graphs: bool, fused: bool = False) -> None:
         self.model, self.pool, self.scratch = model, pool, scratch_slot
         self.device = pool.ssm.device
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.fused = fused and self._fused_step_agrees()
+
+    def _fused_step_agrees(self) -> bool:
+        """The Triton step (sm1/step_triton.py) against the eager one, on the scratch row: used only if it
+        compiles here and gives the same logits and state."""
+        slots = torch.tensor([self.scratch], device=self.device)
+        tokens = torch.tensor([1], device=self.device)
+        saved = self.pool.select(slots)
+        try:
+            want = self.model.step(tokens, self.pool, slots=slots)
+            after = self.pool.select(slots)
+            self.pool.assign(slots, saved)
+            got = self.model.step(tokens, self.pool, slots=slots, fused=True)
+            agrees = torch.allclose(got, want, rtol=1e-3, atol=1e-3) and torch.allclose(
+                self.pool.select(slots).ssm, after.ssm, rtol=1e-3, atol=1e-4
+            )
+        except Exception as e:  # no GPU Triton can compile for, or a kernel bug: serve with the eager step
+            log.warning("the fused Triton step failed here (%s): using the eager step", e)
+            agrees = False
+        else:
+            if not agrees:
+                log.warning("the fused Triton step does not reproduce the eager step here: using the eager step")
+        self.pool.assign(slots, saved)
+        return agrees
 
     def rows(self, batch: int) -> int:
         """Rows a step of `batch` sessions computes (padding included): sessions up to this many ride free."""
@@ -246,10 +271,12 @@ class BatchedStep:
                 pad = MIN_EAGER_ROWS - B
                 tokens = torch.cat([tokens, tokens.new_zeros(pad)])
                 slots = torch.cat([slots, slots.new_full((pad,), self.scratch)])
-                return self.model.step(tokens, self.pool, slots=slots)[:B]
+                return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)[:B]
             if rows is not None:
-                return self.model.step(tokens, SM1State(self.pool.ssm[:, rows], self.pool.conv[:, rows]))
-            return self.model.step(tokens, self.pool, slots=slots)
+                return self.model.step(
+                    tokens, SM1State(self.pool.ssm[:, rows], self.pool.conv[:, rows]), fused=self.fused
+                )
+            return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)
         B = tokens.shape[0]
         bucket = 1 << (B - 1).bit_length()
         if bucket not in self._graphs:
@@ -258,7 +285,7 @@ class BatchedStep:
             except Exception as e:  # a model that cannot be captured still serves, eagerly
                 log.warning("CUDA graph capture failed at batch %d (%s): running the step eagerly", bucket, e)
                 self.use_graphs = False
-                return self.model.step(tokens, self.pool, slots=slots)
+                return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)
         graph, tok_buf, slot_buf, out = self._graphs[bucket]
         tok_buf.fill_(0)
         slot_buf.fill_(self.scratch)
@@ -275,14 +302,14 @@ class BatchedStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up touches only the scratch slot
             for _ in range(2):
-                self.model.step(tok_buf, self.pool, slots=slot_buf)
+                self.model.step(tok_buf, self.pool, slots=slot_buf, fused=self.fused)
         torch.cuda.current_stream().wait_stream(side)
         self.pool.assign([self.scratch], saved)
-        eager = self.model.step(tok_buf, self.pool, slots=slot_buf)
+        eager = self.model.step(tok_buf, self.pool, slots=slot_buf, fused=self.fused)
         self.pool.assign([self.scratch], saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._mempool):
-            out = self.model.step(tok_buf, self.pool, slots=slot_buf)
+            out = self.model.step(tok_buf, self.pool, slots=slot_buf, fused=self.fused)
         graph.replay()
         self.pool.assign([self.scratch], saved)
         if not torch.allclose(out, eager, rtol=1e-3, atol=1e-4):
@@ -300,6 +327,7 @@ class Engine:
         prefill_chunk: int = 128,
         prefill_budget: int = 128,
         cuda_graphs: bool = True,
+        fused_step: bool = True,
         snapshot_key: bytes | None = None,
     ) -> None:
         if not isinstance(model, SM1):
@@ -315,7 +343,8 @@ class Engine:
         self._free = list(range(capacity))  # a heap: the lowest free slot first, so sessions pack together
         self._prefilling: dict[EngineSession, None] = {}  # insertion order = round robin
         self.masks = VocabMasks(tokenizer, self.device)
-        self._step = BatchedStep(model, self.pool, capacity, cuda_graphs)
+        fused = fused_step and self.device.type == "cuda" and step_triton.available(self.device)
+        self._step = BatchedStep(model, self.pool, capacity, cuda_graphs, fused)
         self.model_id = weights_digest(model)
         # Snapshots are signed: with a secret key (shared by the replicas that restore each other's sessions) a
         # forged or altered one is refused; without one the key is the public model id, which catches damage only.

@@ -169,16 +169,24 @@ class SM1(nn.Module):
         return logits, SM1State(torch.stack(ssm), torch.stack(conv).to(state.conv.dtype))
 
     @torch.no_grad()
-    def step(self, tokens: Tensor, state: SM1State, slots: Tensor | None = None) -> Tensor:
+    def step(self, tokens: Tensor, state: SM1State, slots: Tensor | None = None, fused: bool = False) -> Tensor:
         """One token per session: tokens (B,) -> logits (B, V) float32.
 
         Updates `state` in place. With `slots` (B,) int64, rows `slots` of a larger pool state are read
-        and written (no copying whole states in and out of the pool).
+        and written (no copying whole states in and out of the pool). `fused`: each block's step in two
+        Triton kernels that work on the pool rows in place (sm1/step_triton.py; CUDA, or the interpreter).
         """
         x = self.embedding(tokens)  # (B, d_model)
+        if fused:
+            from sm1.step_triton import mixer_step
+
+            if slots is None:
+                slots = torch.arange(tokens.shape[0], device=tokens.device)
         for i, layer in enumerate(self.layers):
             ssm_i, conv_i = state.ssm[i], state.conv[i]  # (S, E, N), (S, d_conv-1, E)
-            if slots is None:
+            if fused:
+                y = mixer_step(layer.mixer, layer.norm(x), ssm_i, conv_i, slots)
+            elif slots is None:
                 y, h, c = layer.mixer.step(layer.norm(x), ssm_i, conv_i)
                 ssm_i.copy_(h)
                 conv_i.copy_(c)

@@ -28,3 +28,13 @@ def test_a_short_soak_of_8_streams_loses_no_event(tmp_path):
     r = bench("soak", tmp_path, "--sessions", "8", "--minutes", str(20 / 60), "--interval", "5", "--settle", "2")
     assert r["lost"] == 0 and r["notes"] > 0
     assert len(r["samples"]) == 4 and all(s["sessions"] == 8 for s in r["samples"])
+
+
+def test_the_decode_benchmark_runs_its_cpu_paths_and_the_gpt_beside_them(tmp_path):
+    r = bench("decode", tmp_path, "--device", "cpu", "--models", "64x2", "--batches", "1,4", "--contexts", "256",
+              "--gpt-batches", "1", "--reps", "3")  # fmt: skip
+    eager = [row for row in r["sm1"] if row["path"] == "eager"]
+    assert [row["batch"] for row in eager] == [1, 4]
+    assert all(row["max_abs_diff_vs_fp32"] < 1e-4 and row["ms_per_step"] > 0 and row["x_floor"] >= 1 for row in eager)
+    [gpt] = r["gpt"]
+    assert gpt["context"] == 256 and gpt["ms_per_token"] > 0 and gpt["cache_mb_per_session"] > 0

@@ -1,0 +1,129 @@
+"""The decode step of one Mamba block in two Triton kernels, reading and writing the slot pool in place.
+
+The eager step (MambaBlock.step) runs about 25 small kernels a layer, plus a gather and a scatter of the
+sessions' state rows. Here each layer is the three matmuls (in_proj, x_proj, out_proj) and two kernels:
+
+  conv:  the causal conv's window shifted in place in the pool row, the conv output, SiLU;
+  ssm:   dt = softplus(dt_proj(dt_raw)), h = exp(dt A) h + dt x B (in place in the pool row),
+         y = h C + D x, gated by SiLU(z).
+
+x_proj sits between them because it needs the whole conv output of a row. Every product runs in fp32
+registers whatever the model's dtype; the state stays fp32. It runs on CUDA; with TRITON_INTERPRET=1 the
+same kernels run on the CPU, which is how CI checks them against the eager step (tests/model).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # no Triton here: the eager step is the only one
+    triton = None
+
+BLOCK_E = 256  # channels per program
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernels can run on `device` (CUDA, or the CPU under Triton's interpreter)."""
+    return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _silu(x):
+        return x / (1.0 + tl.exp(-x))
+
+    @triton.jit
+    def _softplus(x):
+        """log(1 + e^x) as torch computes it (x itself above 20), with log1p's accuracy for small e^x."""
+        u = tl.exp(tl.minimum(x, 20.0))
+        w = 1.0 + u
+        log1p = tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))  # exact log1p from a rounded 1 + u
+        return tl.where(x > 20.0, x, log1p)
+
+    @triton.jit
+    def _conv_kernel(x_ptr, x_stride, conv_ptr, slots_ptr, w_ptr, bias_ptr, out_ptr, E,
+                     K: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        b, pe = tl.program_id(0), tl.program_id(1)
+        offs = pe * BLOCK + tl.arange(0, BLOCK)
+        m = offs < E
+        row = conv_ptr + tl.load(slots_ptr + b) * (K - 1) * E  # (K - 1, E) window, oldest first
+        x = tl.load(x_ptr + b * x_stride + offs, mask=m, other=0.0).to(tl.float32)
+        acc = tl.load(bias_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        for k in tl.static_range(K - 1):
+            v = tl.load(row + k * E + offs, mask=m, other=0.0)
+            acc += v.to(tl.float32) * tl.load(w_ptr + k * E + offs, mask=m, other=0.0).to(tl.float32)
+            if k > 0:
+                tl.store(row + (k - 1) * E + offs, v, mask=m)  # the window moves on by one
+        acc += x * tl.load(w_ptr + (K - 1) * E + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(row + (K - 2) * E + offs, x, mask=m)
+        tl.store(out_ptr + b * E + offs, _silu(acc), mask=m)
+
+    @triton.jit
+    def _ssm_kernel(x_ptr, z_ptr, z_stride, xp_ptr, xp_stride, dtw_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
+                    y_ptr, E, R, N: tl.constexpr, BLOCK: tl.constexpr, R_BLOCK: tl.constexpr):  # fmt: skip
+        b, pe = tl.program_id(0), tl.program_id(1)
+        offs = pe * BLOCK + tl.arange(0, BLOCK)
+        m = offs < E
+        r = tl.arange(0, R_BLOCK)
+        rm = r < R
+        x = tl.load(x_ptr + b * E + offs, mask=m, other=0.0).to(tl.float32)
+        dt_raw = tl.load(xp_ptr + b * xp_stride + r, mask=rm, other=0.0).to(tl.float32)
+        w = tl.load(dtw_ptr + offs[:, None] * R + r[None, :], mask=m[:, None] & rm[None, :], other=0.0)
+        dt = tl.sum(w.to(tl.float32) * dt_raw[None, :], axis=1) + tl.load(dtb_ptr + offs, mask=m, other=0.0)
+        dt = _softplus(dt)
+        state = ssm_ptr + tl.load(slots_ptr + b) * E * N
+        y = tl.load(d_ptr + offs, mask=m, other=0.0) * x
+        for n in tl.static_range(N):
+            B_n = tl.load(xp_ptr + b * xp_stride + R + n).to(tl.float32)
+            C_n = tl.load(xp_ptr + b * xp_stride + R + N + n).to(tl.float32)
+            a = tl.load(a_ptr + offs * N + n, mask=m, other=0.0)
+            h = tl.exp(dt * a) * tl.load(state + offs * N + n, mask=m, other=0.0) + dt * x * B_n
+            tl.store(state + offs * N + n, h, mask=m)
+            y += h * C_n
+        z = tl.load(z_ptr + b * z_stride + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + b * E + offs, y * _silu(z), mask=m)
+
+
+def mixer_step(mixer: torch.nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
+    """MambaBlock.step for rows `slots` of one layer's pool: u (B, d_model) -> (B, d_model).
+
+    ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that layer's pool, updated in place."""
+    E = mixer.cfg.d_inner
+    xz = mixer.in_proj(u)  # (B, 2E): x, then z
+    x = conv_update(mixer, xz[:, :E], conv, slots)
+    xp = mixer.x_proj(x.to(u.dtype))  # (B, R + 2N): dt_raw, B, C
+    return mixer.out_proj(ssm_update(mixer, x, xz[:, E:], xp, ssm, slots).to(u.dtype))
+
+
+def conv_update(mixer: torch.nn.Module, x: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
+    """The causal conv's next output, SiLU'd, for x (B, E) (rows may be strided): (B, E) fp32; each
+    session's window in `conv` moves on by one, in place."""
+    B, (K, E) = x.shape[0], (mixer.cfg.d_conv, mixer.cfg.d_inner)
+    out = torch.empty(B, E, device=x.device, dtype=torch.float32)
+    w = mixer.conv1d.weight[:, 0].T.contiguous()  # (K, E)
+    grid = (B, triton.cdiv(E, BLOCK_E))
+    _conv_kernel[grid](x, x.stride(0), conv, slots, w, mixer.conv1d.bias, out, E, K=K, BLOCK=BLOCK_E)
+    return out
+
+
+def ssm_update(mixer: torch.nn.Module, x: Tensor, z: Tensor, xp: Tensor, ssm: Tensor, slots: Tensor) -> Tensor:
+    """dt from x_proj's output `xp` (B, R + 2N), the state update (in place in `ssm`), the readout and the
+    gate: (B, E) fp32. x (B, E) fp32 contiguous; z (B, E), rows may be strided."""
+    cfg = mixer.cfg
+    E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
+    B = x.shape[0]
+    xp = xp.contiguous()
+    y = torch.empty(B, E, device=x.device, dtype=torch.float32)
+    A = -torch.exp(mixer.A_log.float()).contiguous()  # (E, N)
+    _ssm_kernel[(B, triton.cdiv(E, BLOCK_E))](
+        x, z, z.stride(0), xp, xp.stride(0), mixer.dt_proj.weight.contiguous(), mixer.dt_proj.bias, A, mixer.D,
+        ssm, slots, y, E, R, N=N, BLOCK=BLOCK_E, R_BLOCK=triton.next_power_of_2(R),
+    )  # fmt: skip
+    return y

@@ -1,0 +1,57 @@
+"""The fused decode step (sm1/step_triton.py), run by Triton's CPU interpreter, against the eager step in
+float64 on fresh random models, states and scattered pool slots."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed on this platform")
+    code = textwrap.dedent(
+        """
+        import copy
+        import torch
+        from sm1.model import SM1, SM1Config
+        from sm1.step_triton import available
+
+        assert available(torch.device("cpu"))
+        # one block of channels (E=96) and a ragged second one (E=320); d_state 1 and 4
+        for d_model, d_state, seed in [(48, 1, 0), (160, 1, 1), (48, 4, 2)]:
+            torch.manual_seed(seed)
+            model = SM1(SM1Config(vocab_size=443, d_model=d_model, n_layer=2, d_state=d_state)).eval()
+            with torch.no_grad():  # trained-looking parameters, not the init's zeros and ones
+                for p in model.parameters():
+                    p.add_(0.1 * torch.randn_like(p))
+            pool = model.allocate_state(9)
+            pool.ssm.normal_()
+            pool.conv.normal_()
+            slots = torch.tensor([7, 2, 5])
+            tokens = torch.randint(0, 443, (3,))
+            ref_model, ref_pool = copy.deepcopy(model).double(), copy.deepcopy(pool)
+            ref_pool.ssm, ref_pool.conv = ref_pool.ssm.double(), ref_pool.conv.double()
+            for step in range(2):  # twice: the second step reads what the first wrote into the pool
+                got = model.step(tokens, pool, slots=slots, fused=True)
+                ref = ref_model.step(tokens, ref_pool, slots=slots)
+                err = (got.double() - ref).abs().max().item() / ref.abs().max().item()
+                assert err <= 1e-5, ("logits", d_model, d_state, step, err)
+            for mine, want in ((pool.ssm, ref_pool.ssm), (pool.conv, ref_pool.conv)):
+                assert (mine.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item(), (d_model, d_state)
+            untouched = [s for s in range(9) if s not in slots.tolist()]
+            assert torch.equal(pool.ssm[:, untouched].double(), ref_pool.ssm[:, untouched])
+            # the engine's batched step takes it after its own check against the eager step
+            from sm1.engine import BatchedStep
+            step = BatchedStep(model, pool, scratch_slot=8, use_graphs=False, fused=True)
+            assert step.fused
+            ref = ref_model.step(tokens, ref_pool, slots=slots)
+            got = step(tokens, slots)
+            assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+        print("ok")
+        """
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
