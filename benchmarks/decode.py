@@ -26,6 +26,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -209,7 +210,8 @@ def main() -> None:
              "fp32": torch.float32}[args.dtype]  # fmt: skip
     batches = [int(b) for b in args.batches.split(",")]
     bandwidth = copy_bandwidth(device.type)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor()} CPU"
+    cpu = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus"
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"{machine}, torch {torch.__version__}, {dtype}, copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
     models = sm1_models(args.models.split(","), device, dtype)
     result = {
