@@ -35,39 +35,48 @@ class TickLoop:
         self._wake.set()
 
     async def run(self, hub: SessionHub) -> None:
-        engine = self.worker.engine
         while True:
-            self._wake.clear()
-            soon = time.monotonic() + self.batch_window_s
-            live = list(hub.sessions.values())
-            ready = [s for s in live if s.wants_tokens(soon)]
-            if ready and (free := engine.free_rows(len(ready))):
-                ready += self._next_due(live, ready, soon, free)
-            if not ready and not engine.has_pending_input:
-                waits = [w for s in live if (w := s.seconds_until_wanted(soon)) is not None]
-                await self._sleep(min(waits, default=IDLE_WAIT_S))
-                continue
-            t0 = time.perf_counter()
             try:
-                generated = await self.worker.call(engine.tick, [s.es for s in ready])
-            except PrefillError as e:  # before the step: only the session being read is lost
-                log.exception("engine tick failed reading a session's input: ending that session")
-                self.metrics.errors.labels("engine").inc()
-                reading = [s for s in hub.sessions.values() if s.es is e.session]
-                await hub.fail(reading, "the model failed while reading this session's input (the server logged why)")
-                continue
-            except Exception:
-                # a session's state after a half-run step is unknown: end the ones this tick served, keep the rest
-                log.exception("engine tick failed: ending the %d session(s) it served", len(ready))
-                self.metrics.errors.labels("engine").inc()
-                await hub.fail(ready, "the model failed while generating for this session (the server logged why)")
+                await self._turn(hub)
+            except Exception:  # a fault in the loop's own code must not stop every stream for good
+                log.exception("tick loop failed; going on")
+                self.metrics.errors.labels("tick_loop").inc()
                 await asyncio.sleep(0.1)
-                continue
-            self.metrics.tick(time.perf_counter() - t0, batch=len(generated), tokens=len(generated))
-            by_engine_session = {s.es: s for s in ready}
-            for g in generated:
-                by_engine_session[g.session].deliver(g)
-            hub.prefill_done()
+
+    async def _turn(self, hub: SessionHub) -> None:
+        """One tick, or one wait for the next session that wants tokens."""
+        engine = self.worker.engine
+        self._wake.clear()
+        soon = time.monotonic() + self.batch_window_s
+        live = list(hub.sessions.values())
+        ready = [s for s in live if s.wants_tokens(soon)]
+        if ready and (free := engine.free_rows(len(ready))):
+            ready += self._next_due(live, ready, soon, free)
+        if not ready and not engine.has_pending_input:
+            waits = [w for s in live if (w := s.seconds_until_wanted(soon)) is not None]
+            await self._sleep(min(waits, default=IDLE_WAIT_S))
+            return
+        t0 = time.perf_counter()
+        try:
+            generated = await self.worker.call(engine.tick, [s.es for s in ready])
+        except PrefillError as e:  # before the step: only the session being read is lost
+            log.exception("engine tick failed reading a session's input: ending that session")
+            self.metrics.errors.labels("engine").inc()
+            reading = [s for s in hub.sessions.values() if s.es is e.session]
+            await hub.fail(reading, "the model failed while reading this session's input (the server logged why)")
+            return
+        except Exception:
+            # a session's state after a half-run step is unknown: end the ones this tick served, keep the rest
+            log.exception("engine tick failed: ending the %d session(s) it served", len(ready))
+            self.metrics.errors.labels("engine").inc()
+            await hub.fail(ready, "the model failed while generating for this session (the server logged why)")
+            await asyncio.sleep(0.1)
+            return
+        self.metrics.tick(time.perf_counter() - t0, batch=len(generated), tokens=len(generated))
+        by_engine_session = {s.es: s for s in ready}
+        for g in generated:
+            by_engine_session[g.session].deliver(g)
+        hub.prefill_done()
 
     def _next_due(self, live: list[LiveSession], ready: list[LiveSession], now: float, n: int) -> list[LiveSession]:
         """Up to `n` streams not in `ready`, soonest due first, due within FILL_WINDOWS - 1 more windows."""

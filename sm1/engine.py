@@ -344,7 +344,8 @@ class Engine:
         self._prefilling: dict[EngineSession, None] = {}  # insertion order = round robin
         self.masks = VocabMasks(tokenizer, self.device)
         fused = fused_step and self.device.type == "cuda" and step_triton.available(self.device)
-        self._step = BatchedStep(model, self.pool, capacity, cuda_graphs, fused)
+        self._batched = BatchedStep(model, self.pool, capacity, cuda_graphs, fused)
+        self._step = self._batched  # the call the ticks make (server/faults.py can wrap it)
         self.model_id = weights_digest(model)
         # Snapshots are signed: with a secret key (shared by the replicas that restore each other's sessions) a
         # forged or altered one is refused; without one the key is the public model id, which catches damage only.
@@ -355,7 +356,7 @@ class Engine:
     # ---- slots ------------------------------------------------------------------------------------------
     def free_rows(self, batch: int) -> int:
         """How many more sessions a tick of `batch` could step at no extra cost (rows it pads anyway)."""
-        return self._step.rows(max(batch, 1)) - batch
+        return self._batched.rows(max(batch, 1)) - batch
 
     @property
     def active(self) -> int:

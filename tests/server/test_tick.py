@@ -23,3 +23,37 @@ def test_free_rows_go_to_the_soonest_due_streams_within_the_fill_horizon():
     chosen = loop._next_due([*ready, *later], ready, now=0.0, n=3)
     assert [s.wait for s in chosen] == [0.01, 0.12, 0.15]
     assert [s.wait for s in loop._next_due([*ready, *later], ready, now=0.0, n=10)] == [0.01, 0.12, 0.15]
+
+
+def test_the_loop_logs_a_fault_of_its_own_and_goes_on():
+    """An exception outside the engine call (a bug in choosing streams, say) must not end the loop: every
+    stream would stop for good while the server went on accepting them."""
+    import asyncio
+
+    from server.metrics import Metrics
+
+    class Engine:
+        has_pending_input = False
+
+    class Worker:
+        engine = Engine()
+
+    class Hub:
+        looks = 0
+
+        @property
+        def sessions(self):
+            self.looks += 1
+            if self.looks == 1:
+                raise RuntimeError("a fault in the loop's own code")
+            return {}
+
+    async def main():
+        loop, hub = TickLoop(Worker(), Metrics(), batch_window_s=0.05), Hub()
+        task = asyncio.create_task(loop.run(hub))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return loop.metrics.errors.labels("tick_loop")._value.get(), hub.looks
+
+    errors, looks = asyncio.run(main())
+    assert errors == 1 and looks >= 2
