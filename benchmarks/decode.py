@@ -36,8 +36,8 @@ import torch
 from scan import copy_bandwidth, time_ms
 
 from sm1 import step_triton
+from sm1.batched_step import BatchedStep
 from sm1.checkpoint import load
-from sm1.engine import BatchedStep
 from sm1.gpt import GPT, GPTConfig
 from sm1.model import SM1, SM1Config
 

@@ -37,8 +37,9 @@ from server.metrics import Metrics
 from server.prompts import prompt_events, prompt_tokens
 from server.protocol import CloseCode, ErrorCode, SessionInfo, StreamOptions, events_frame, ready_frame
 from server.settings import Settings
-from sm1.engine import ClipLength, Engine, EngineFull, EngineSession, Generated, Pacing, SnapshotError
+from sm1.engine import ClipLength, Engine, EngineFull, EngineSession, Generated, SnapshotError
 from sm1.events import NoteEvent
+from sm1.pacing import Pacing
 from sm1.sampling import SamplingParams
 
 log = logging.getLogger("sm1.server")

@@ -4,7 +4,8 @@ The pool (one SM1State with a row per slot, plus a row of next-token logits per 
 A session owns a slot, a sampler (params, generator) and a streaming decoder. `tick` runs, for every
 session that wants a token, ONE batched `model.step` that reads and writes the sessions' rows in place;
 before it, a capped amount of prompt/input prefill goes through the parallel `forward` in chunks, so a long
-prompt never stalls the others. On CUDA the step is captured in a CUDA graph per batch-size bucket.
+prompt never stalls the others. The step itself (padding, CUDA graphs, fused kernels): sm1/batched_step.py;
+how far ahead a stream is written is sm1/pacing.py.
 
 A session's whole condition (state row, last logits, generator, decoder clock and open note, params,
 unread input) is a `_Mark`: snapshot, restore, fork and reset are all "capture a mark / apply a mark".
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from sm1 import step_triton
+from sm1.batched_step import BatchedStep
 from sm1.blob import pack_blob, split_blob
 from sm1.events import NoteEvent
 from sm1.model import SM1
@@ -135,186 +137,6 @@ class ClipLength:
 
     def keep(self, s: EngineSession, ev: NoteEvent) -> bool:
         return self.beats is None or ev.beat < s.start_beat + self.beats
-
-
-@dataclass
-class Pacing:
-    """Keeps a stream's written horizon `lookahead_beats` ahead of its playback position, and no further.
-
-    The playback position runs at `tempo_bpm` from an anchor (start, resume, or the client's own clock
-    report); `realtime=False` means as fast as possible. Times are monotonic seconds. `lead_s` is the
-    writer's own margin: the notes of one onset take a few tokens each, one per tick, so writing starts
-    that much earlier for them to be complete when the window reaches them.
-    """
-
-    tempo_bpm: float = 120.0
-    lookahead_beats: float = 2.0
-    realtime: bool = True
-    lead_s: float = 0.0
-    anchor_beat: float = 0.0
-    anchor_time: float = 0.0
-    paused: bool = False
-
-    def anchor(self, beat: float, now: float) -> None:
-        self.anchor_beat, self.anchor_time = beat, now
-
-    def position(self, now: float) -> float:
-        """Playback position in beats."""
-        if self.paused:
-            return self.anchor_beat
-        return self.anchor_beat + (now - self.anchor_time) * self.tempo_bpm / 60.0
-
-    def pause(self, now: float) -> None:
-        if not self.paused:
-            self.anchor(self.position(now), now)
-            self.paused = True
-
-    def resume(self, now: float) -> None:
-        if self.paused:
-            self.anchor(self.anchor_beat, now)
-            self.paused = False
-
-    def set_tempo(self, tempo_bpm: float, now: float) -> None:
-        self.anchor(self.position(now), now)
-        self.tempo_bpm = tempo_bpm
-
-    def wants_tokens(self, horizon: float, now: float) -> bool:
-        if self.paused:
-            return False
-        return not self.realtime or horizon < self.position(now) + self._ahead()
-
-    def seconds_until_wanted(self, horizon: float, now: float) -> float | None:
-        """How long until `wants_tokens` turns true with no new input (None: not by the clock alone)."""
-        if self.paused or not self.realtime:
-            return None
-        return max(0.0, (horizon - self._ahead() - self.position(now)) * 60.0 / self.tempo_bpm)
-
-    def _ahead(self) -> float:
-        return self.lookahead_beats + self.lead_s * self.tempo_bpm / 60.0
-
-    def deadline(self, beat: float) -> float:
-        """When a note at `beat` should leave the server: its due time minus the lookahead, but never
-        before the anchor (a burst after start, resume or a jump of the clock is not lateness)."""
-        due = self.anchor_time + (beat - self.lookahead_beats - self.anchor_beat) * 60.0 / self.tempo_bpm
-        return max(due, self.anchor_time)
-
-    def to_dict(self, now: float) -> dict[str, Any]:
-        return {
-            "tempo_bpm": self.tempo_bpm,
-            "lookahead_beats": self.lookahead_beats,
-            "realtime": self.realtime,
-            "beat": self.position(now),
-            "paused": self.paused,
-        }
-
-
-MIN_EAGER_ROWS = 16  # BLAS gives each row the same bits for every batch of at least this many rows
-
-
-class BatchedStep:
-    """`model.step` on rows `slots` of the pool; on CUDA, replayed from one CUDA graph per batch bucket.
-
-    Buckets are powers of two; padding rows point at a scratch slot (the pool's last row), so the graph
-    reads and writes the pool in place and no state is copied in or out of graph buffers.
-
-    Eagerly, a batch of fewer than MIN_EAGER_ROWS is padded up to it the same way: below that size BLAS picks
-    other kernels per batch size (other summation orders), so a session's logits would change in their last
-    bits as others come and go, and a seeded stream could take another turn. From 16 rows on, the CPU kernels
-    give a row the same bits whatever the batch (tests/server/test_engine.py checks it bit for bit); it costs
-    a lone session about 2 ms a step more on a 2-core CPU. On CUDA, each bucket has its own cuBLAS kernels,
-    so there the promise is only "the same up to the last bits".
-    """
-
-    def __init__(self, model: SM1, pool: SM1State, scratch_slot: int, use_graphs: bool, fused: bool = False) -> None:
-        self.model, self.pool, self.scratch = model, pool, scratch_slot
-        self.device = pool.ssm.device
-        self.use_graphs = use_graphs and self.device.type == "cuda"
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
-        self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
-        self.fused = fused and self._fused_step_agrees()
-
-    def _fused_step_agrees(self) -> bool:
-        """The Triton step (sm1/step_triton.py) against the eager one, on the scratch row: used only if it
-        compiles here and gives the same logits and state."""
-        slots = torch.tensor([self.scratch], device=self.device)
-        tokens = torch.tensor([1], device=self.device)
-        saved = self.pool.select(slots)
-        try:
-            want = self.model.step(tokens, self.pool, slots=slots)
-            after = self.pool.select(slots)
-            self.pool.assign(slots, saved)
-            got = self.model.step(tokens, self.pool, slots=slots, fused=True)
-            agrees = torch.allclose(got, want, rtol=1e-3, atol=1e-3) and torch.allclose(
-                self.pool.select(slots).ssm, after.ssm, rtol=1e-3, atol=1e-4
-            )
-        except Exception as e:  # no GPU Triton can compile for, or a kernel bug: serve with the eager step
-            log.warning("the fused Triton step failed here (%s): using the eager step", e)
-            agrees = False
-        else:
-            if not agrees:
-                log.warning("the fused Triton step does not reproduce the eager step here: using the eager step")
-        self.pool.assign(slots, saved)
-        return agrees
-
-    def rows(self, batch: int) -> int:
-        """Rows a step of `batch` sessions computes (padding included): sessions up to this many ride free."""
-        if self.use_graphs:
-            return 1 << (batch - 1).bit_length()
-        return max(batch, MIN_EAGER_ROWS)
-
-    def __call__(self, tokens: Tensor, slots: Tensor, rows: slice | None = None) -> Tensor:
-        """tokens, slots (B,) int64 on the device -> logits (B, V). `rows`: the slots are exactly this
-        range, so (eagerly) the step can work on a view of the pool, with no gather and scatter."""
-        if not self.use_graphs:
-            B = tokens.shape[0]
-            if B < MIN_EAGER_ROWS:
-                pad = MIN_EAGER_ROWS - B
-                tokens = torch.cat([tokens, tokens.new_zeros(pad)])
-                slots = torch.cat([slots, slots.new_full((pad,), self.scratch)])
-                return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)[:B]
-            if rows is not None:
-                return self.model.step(
-                    tokens, SM1State(self.pool.ssm[:, rows], self.pool.conv[:, rows]), fused=self.fused
-                )
-            return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)
-        B = tokens.shape[0]
-        bucket = 1 << (B - 1).bit_length()
-        if bucket not in self._graphs:
-            try:
-                self._graphs[bucket] = self._capture(bucket)
-            except Exception as e:  # a model that cannot be captured still serves, eagerly
-                log.warning("CUDA graph capture failed at batch %d (%s): running the step eagerly", bucket, e)
-                self.use_graphs = False
-                return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)
-        graph, tok_buf, slot_buf, out = self._graphs[bucket]
-        tok_buf.fill_(0)
-        slot_buf.fill_(self.scratch)
-        tok_buf[:B].copy_(tokens)
-        slot_buf[:B].copy_(slots)
-        graph.replay()
-        return out[:B]
-
-    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
-        tok_buf = torch.zeros(bucket, dtype=torch.long, device=self.device)
-        slot_buf = torch.full((bucket,), self.scratch, dtype=torch.long, device=self.device)
-        saved = self.pool.select([self.scratch])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up touches only the scratch slot
-            for _ in range(2):
-                self.model.step(tok_buf, self.pool, slots=slot_buf, fused=self.fused)
-        torch.cuda.current_stream().wait_stream(side)
-        self.pool.assign([self.scratch], saved)
-        eager = self.model.step(tok_buf, self.pool, slots=slot_buf, fused=self.fused)
-        self.pool.assign([self.scratch], saved)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool):
-            out = self.model.step(tok_buf, self.pool, slots=slot_buf, fused=self.fused)
-        graph.replay()
-        self.pool.assign([self.scratch], saved)
-        if not torch.allclose(out, eager, rtol=1e-3, atol=1e-4):
-            raise RuntimeError("the captured step does not reproduce the eager step")
-        return graph, tok_buf, slot_buf, out
 
 
 class Engine:

@@ -43,7 +43,7 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
             untouched = [s for s in range(9) if s not in slots.tolist()]
             assert torch.equal(pool.ssm[:, untouched].double(), ref_pool.ssm[:, untouched])
             # the engine's batched step takes it after its own check against the eager step
-            from sm1.engine import BatchedStep
+            from sm1.batched_step import BatchedStep
             step = BatchedStep(model, pool, scratch_slot=8, use_graphs=False, fused=True)
             assert step.fused
             ref = ref_model.step(tokens, ref_pool, slots=slots)

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from sm1.checkpoint import load
-from sm1.engine import ClipLength, Engine, EngineFull, Pacing, SnapshotError
+from sm1.engine import ClipLength, Engine, EngineFull, SnapshotError
 from sm1.midi import read_midi
 from sm1.model import SM1, SM1Config
+from sm1.pacing import Pacing
 from sm1.sampling import Constraints, SamplingParams
 from sm1.tokenizer import Tokenizer
 
