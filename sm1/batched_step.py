@@ -48,9 +48,9 @@ class BatchedStep:
             after = self.pool.select(slots)
             self.pool.assign(slots, saved)
             got = self.model.step(tokens, self.pool, slots=slots, fused=True)
-            agrees = torch.allclose(got, want, rtol=1e-3, atol=1e-3) and torch.allclose(
-                self.pool.select(slots).ssm, after.ssm, rtol=1e-3, atol=1e-4
-            )
+            # the fused kernels compute in fp32 whatever the weights: in bf16 the eager step is the rougher one
+            tol = 1e-3 if self.model.embedding.weight.dtype == torch.float32 else 5e-2
+            agrees = _close(got, want, tol) and _close(self.pool.select(slots).ssm, after.ssm, tol)
         except Exception as e:  # no GPU Triton can compile for, or a kernel bug: serve with the eager step
             log.warning("the fused Triton step failed here (%s): using the eager step", e)
             agrees = False
@@ -119,3 +119,8 @@ class BatchedStep:
         if not torch.allclose(out, eager, rtol=1e-3, atol=1e-4):
             raise RuntimeError("the captured step does not reproduce the eager step")
         return graph, tok_buf, slot_buf, out
+
+
+def _close(x: Tensor, y: Tensor, tol: float) -> bool:
+    """Equal to within `tol` of y's largest magnitude (at least 1)."""
+    return bool((x.float() - y.float()).abs().max() <= tol * max(1.0, y.float().abs().max().item()))

@@ -49,6 +49,12 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
             ref = ref_model.step(tokens, ref_pool, slots=slots)
             got = step(tokens, slots)
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+        # in bf16 (the GPU's serving dtype) the engine's start-up check passes too, within bf16's rounding
+        bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(torch.bfloat16)
+        pool = bf16.allocate_state(5)
+        pool.ssm.normal_()
+        pool.conv.normal_()
+        assert BatchedStep(bf16, pool, scratch_slot=4, use_graphs=False, fused=True).fused
         print("ok")
         """
     )
