@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from compare_models import matched_gpt_layers
 from scan import copy_bandwidth, time_ms
 
 from sm1 import step_triton
@@ -114,16 +115,10 @@ def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, b
 
 
 def matched_gpt(model: SM1, n_head: int = 4) -> GPT:
+    """A GPT at the SM1's width with the depth whose parameter count is closest (as compare_models picks it)."""
     target = sum(p.numel() for p in model.parameters())
-    d = model.config.d_model
-
-    def params(n: int) -> int:
-        with torch.device("meta"):
-            gpt = GPT(GPTConfig(vocab_size=VOCAB, d_model=d, n_layer=n, n_head=n_head))
-        return sum(p.numel() for p in gpt.parameters())
-
-    n = min(range(1, 49), key=lambda k: abs(params(k) - target))
-    return GPT(GPTConfig(vocab_size=VOCAB, d_model=d, n_layer=n, n_head=n_head))
+    n = matched_gpt_layers(target, VOCAB, model.config.d_model, n_head)
+    return GPT(GPTConfig(vocab_size=VOCAB, d_model=model.config.d_model, n_layer=n, n_head=n_head))
 
 
 def gpt_step_at(gpt: GPT, tokens: torch.Tensor, cache, context: int) -> torch.Tensor:

@@ -69,10 +69,10 @@ class BatchedStep:
     def __call__(self, tokens: Tensor, slots: Tensor, rows: slice | None = None) -> Tensor:
         """tokens, slots (B,) int64 on the device -> logits (B, V). `rows`: the slots are exactly this
         range, so (eagerly) the step can work on a view of the pool, with no gather and scatter."""
+        B = tokens.shape[0]
+        bucket = self.rows(B)
         if not self.use_graphs:
-            B = tokens.shape[0]
-            if B < MIN_EAGER_ROWS:
-                pad = MIN_EAGER_ROWS - B
+            if pad := bucket - B:
                 tokens = torch.cat([tokens, tokens.new_zeros(pad)])
                 slots = torch.cat([slots, slots.new_full((pad,), self.scratch)])
                 return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)[:B]
@@ -81,8 +81,6 @@ class BatchedStep:
                     tokens, SM1State(self.pool.ssm[:, rows], self.pool.conv[:, rows]), fused=self.fused
                 )
             return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)
-        B = tokens.shape[0]
-        bucket = 1 << (B - 1).bit_length()
         if bucket not in self._graphs:
             try:
                 self._graphs[bucket] = self._capture(bucket)

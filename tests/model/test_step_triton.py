@@ -44,10 +44,10 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
             assert torch.equal(pool.ssm[:, untouched].double(), ref_pool.ssm[:, untouched])
             # the engine's batched step takes it after its own check against the eager step
             from sm1.batched_step import BatchedStep
-            step = BatchedStep(model, pool, scratch_slot=8, use_graphs=False, fused=True)
-            assert step.fused
+            batched = BatchedStep(model, pool, scratch_slot=8, use_graphs=False, fused=True)
+            assert batched.fused
             ref = ref_model.step(tokens, ref_pool, slots=slots)
-            got = step(tokens, slots)
+            got = batched(tokens, slots)
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
         # in bf16 (the GPU's serving dtype) the engine's start-up check passes too, within bf16's rounding
         bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(torch.bfloat16)

@@ -6,14 +6,14 @@ and a forgery signed with it is still checked field by field."""
 import hashlib
 import hmac
 import json
-import struct
 
 import pytest
 
+from sm1.blob import pack_blob, split_blob
+from sm1.engine import SNAPSHOT_MAGIC, SNAPSHOT_VERSION
 from tests.reliability.conftest import serving
 
 OCTETS = {"Content-Type": "application/octet-stream"}
-HEAD = struct.Struct("<8sHI")  # sm1/engine.py: magic, version, length of the JSON header
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +81,12 @@ def test_a_forged_snapshot_signed_with_the_public_model_id_is_still_checked_fiel
     token id put in, and signed again with the (public) model id."""
     a, b = servers
     blob = snapshot_of_a_session(b)
-    magic, version, n = HEAD.unpack_from(blob)
-    header = json.loads(blob[HEAD.size : HEAD.size + n])
+    head, payload = split_blob(blob[:-TAG], SNAPSHOT_MAGIC, SNAPSHOT_VERSION, "session snapshot", ValueError)
+    header = json.loads(head)
     header["model"] = model_id(a)
     header["pending"] = [10**6]  # and a token id outside the vocabulary
-    head = json.dumps(header).encode()
-    forged = signed(HEAD.pack(magic, version, len(head)) + head + blob[HEAD.size + n : -TAG], header["model"].encode())
+    body = pack_blob(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, json.dumps(header).encode(), payload)
+    forged = signed(body, header["model"].encode())
     r, taken = restore(a, forged)
     assert r.status_code == 422 and taken == 0
     assert r.json() == {"code": "bad_snapshot", "message": "snapshot holds token ids outside the vocabulary"}
