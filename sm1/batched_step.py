@@ -19,7 +19,9 @@ class BatchedStep:
     """`model.step` on rows `slots` of the pool; on CUDA, replayed from one CUDA graph per batch bucket.
 
     Buckets are powers of two; padding rows point at a scratch slot (the pool's last row), so the graph
-    reads and writes the pool in place and no state is copied in or out of graph buffers.
+    reads and writes the pool in place and no state is copied in or out of graph buffers. The fused step
+    works on the pool rows in place, where padding rows sharing the scratch slot would race (and make a
+    captured graph disagree with itself): its padding rows get slot -1, which its kernels skip.
 
     Eagerly, a batch of fewer than MIN_EAGER_ROWS is padded up to it the same way: below that size BLAS picks
     other kernels per batch size (other summation orders), so a session's logits would change in their last
@@ -36,6 +38,7 @@ class BatchedStep:
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.fused = fused and self._fused_step_agrees()
+        self.pad_slot = -1 if self.fused else scratch_slot
 
     def _fused_step_agrees(self) -> bool:
         """The Triton step (sm1/step_triton.py) against the eager one, on the scratch row: used only if it
@@ -74,7 +77,7 @@ class BatchedStep:
         if not self.use_graphs:
             if pad := bucket - B:
                 tokens = torch.cat([tokens, tokens.new_zeros(pad)])
-                slots = torch.cat([slots, slots.new_full((pad,), self.scratch)])
+                slots = torch.cat([slots, slots.new_full((pad,), self.pad_slot)])
                 return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)[:B]
             if rows is not None:
                 return self.model.step(
@@ -90,7 +93,7 @@ class BatchedStep:
                 return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)
         graph, tok_buf, slot_buf, out = self._graphs[bucket]
         tok_buf.fill_(0)
-        slot_buf.fill_(self.scratch)
+        slot_buf.fill_(self.pad_slot)
         tok_buf[:B].copy_(tokens)
         slot_buf[:B].copy_(slots)
         graph.replay()
@@ -98,7 +101,7 @@ class BatchedStep:
 
     def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
         tok_buf = torch.zeros(bucket, dtype=torch.long, device=self.device)
-        slot_buf = torch.full((bucket,), self.scratch, dtype=torch.long, device=self.device)
+        slot_buf = torch.full((bucket,), self.pad_slot, dtype=torch.long, device=self.device)
         saved = self.pool.select([self.scratch])
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -7,9 +7,12 @@ sessions' state rows. Here each layer is the three matmuls (in_proj, x_proj, out
   ssm:   dt = softplus(dt_proj(dt_raw)), h = exp(dt A) h + dt x B (in place in the pool row),
          y = h C + D x, gated by SiLU(z).
 
-x_proj sits between them because it needs the whole conv output of a row. Every product runs in fp32
-registers whatever the model's dtype; the state stays fp32. It runs on CUDA; with TRITON_INTERPRET=1 the
-same kernels run on the CPU, which is how CI checks them against the eager step (tests/model).
+x_proj sits between them because it needs the whole conv output of a row, and dt_proj is a matmul of its own
+before the ssm kernel (done inside each program it re-read the (E, R) weight block per row, which made the
+step slower than the eager one from a few hundred rows on). Every elementwise product runs in fp32 registers
+whatever the model's dtype; the state stays fp32. A row whose slot is negative is padding: it reads a zero
+state and writes nothing, so padded rows of a CUDA graph never race on a shared slot. It runs on CUDA; with
+TRITON_INTERPRET=1 the same kernels run on the CPU, which is how CI checks them against the eager step.
 """
 
 from __future__ import annotations
@@ -53,39 +56,39 @@ if triton is not None:
         b, pe = tl.program_id(0), tl.program_id(1)
         offs = pe * BLOCK + tl.arange(0, BLOCK)
         m = offs < E
-        row = conv_ptr + tl.load(slots_ptr + b) * (K - 1) * E  # (K - 1, E) window, oldest first
+        slot = tl.load(slots_ptr + b)
+        ms = m & (offs * 0 + slot >= 0)  # padding rows: a zero window, nothing written (scalar broadcast first)
+        row = conv_ptr + tl.maximum(slot, 0) * (K - 1) * E  # (K - 1, E) window, oldest first
         x = tl.load(x_ptr + b * x_stride + offs, mask=m, other=0.0).to(tl.float32)
         acc = tl.load(bias_ptr + offs, mask=m, other=0.0).to(tl.float32)
         for k in tl.static_range(K - 1):
-            v = tl.load(row + k * E + offs, mask=m, other=0.0)
+            v = tl.load(row + k * E + offs, mask=ms, other=0.0)
             acc += v.to(tl.float32) * tl.load(w_ptr + k * E + offs, mask=m, other=0.0).to(tl.float32)
             if k > 0:
-                tl.store(row + (k - 1) * E + offs, v, mask=m)  # the window moves on by one
+                tl.store(row + (k - 1) * E + offs, v, mask=ms)  # the window moves on by one
         acc += x * tl.load(w_ptr + (K - 1) * E + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(row + (K - 2) * E + offs, x, mask=m)
+        tl.store(row + (K - 2) * E + offs, x, mask=ms)
         tl.store(out_ptr + b * E + offs, _silu(acc), mask=m)
 
     @triton.jit
-    def _ssm_kernel(x_ptr, z_ptr, z_stride, xp_ptr, xp_stride, dtw_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
-                    y_ptr, E, R, N: tl.constexpr, BLOCK: tl.constexpr, R_BLOCK: tl.constexpr):  # fmt: skip
+    def _ssm_kernel(x_ptr, z_ptr, z_stride, xp_ptr, xp_stride, dt_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
+                    y_ptr, E, R, N: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         b, pe = tl.program_id(0), tl.program_id(1)
         offs = pe * BLOCK + tl.arange(0, BLOCK)
         m = offs < E
-        r = tl.arange(0, R_BLOCK)
-        rm = r < R
+        slot = tl.load(slots_ptr + b)
+        ms = m & (offs * 0 + slot >= 0)  # padding rows: a zero state, nothing written
         x = tl.load(x_ptr + b * E + offs, mask=m, other=0.0).to(tl.float32)
-        dt_raw = tl.load(xp_ptr + b * xp_stride + r, mask=rm, other=0.0).to(tl.float32)
-        w = tl.load(dtw_ptr + offs[:, None] * R + r[None, :], mask=m[:, None] & rm[None, :], other=0.0)
-        dt = tl.sum(w.to(tl.float32) * dt_raw[None, :], axis=1) + tl.load(dtb_ptr + offs, mask=m, other=0.0)
-        dt = _softplus(dt)
-        state = ssm_ptr + tl.load(slots_ptr + b) * E * N
+        dt = tl.load(dt_ptr + b * E + offs, mask=m, other=0.0).to(tl.float32)
+        dt = _softplus(dt + tl.load(dtb_ptr + offs, mask=m, other=0.0).to(tl.float32))
+        state = ssm_ptr + tl.maximum(slot, 0) * E * N
         y = tl.load(d_ptr + offs, mask=m, other=0.0) * x
         for n in tl.static_range(N):
             B_n = tl.load(xp_ptr + b * xp_stride + R + n).to(tl.float32)
             C_n = tl.load(xp_ptr + b * xp_stride + R + N + n).to(tl.float32)
             a = tl.load(a_ptr + offs * N + n, mask=m, other=0.0)
-            h = tl.exp(dt * a) * tl.load(state + offs * N + n, mask=m, other=0.0) + dt * x * B_n
-            tl.store(state + offs * N + n, h, mask=m)
+            h = tl.exp(dt * a) * tl.load(state + offs * N + n, mask=ms, other=0.0) + dt * x * B_n
+            tl.store(state + offs * N + n, h, mask=ms)
             y += h * C_n
         z = tl.load(z_ptr + b * z_stride + offs, mask=m, other=0.0).to(tl.float32)
         tl.store(y_ptr + b * E + offs, y * _silu(z), mask=m)
@@ -114,16 +117,17 @@ def conv_update(mixer: torch.nn.Module, x: Tensor, conv: Tensor, slots: Tensor) 
 
 
 def ssm_update(mixer: torch.nn.Module, x: Tensor, z: Tensor, xp: Tensor, ssm: Tensor, slots: Tensor) -> Tensor:
-    """dt from x_proj's output `xp` (B, R + 2N), the state update (in place in `ssm`), the readout and the
-    gate: (B, E) fp32. x (B, E) fp32 contiguous; z (B, E), rows may be strided."""
+    """dt from x_proj's output `xp` (B, R + 2N) through dt_proj, the state update (in place in `ssm`), the
+    readout and the gate: (B, E) fp32. x (B, E) fp32 contiguous; z (B, E), rows may be strided."""
     cfg = mixer.cfg
     E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
     B = x.shape[0]
     xp = xp.contiguous()
+    dt = torch.nn.functional.linear(xp[:, :R], mixer.dt_proj.weight).float()  # (B, E); bias and softplus in the kernel
     y = torch.empty(B, E, device=x.device, dtype=torch.float32)
     A = -torch.exp(mixer.A_log.float()).contiguous()  # (E, N)
     _ssm_kernel[(B, triton.cdiv(E, BLOCK_E))](
-        x, z, z.stride(0), xp, xp.stride(0), mixer.dt_proj.weight.contiguous(), mixer.dt_proj.bias, A, mixer.D,
-        ssm, slots, y, E, R, N=N, BLOCK=BLOCK_E, R_BLOCK=triton.next_power_of_2(R),
+        x, z, z.stride(0), xp, xp.stride(0), dt, mixer.dt_proj.bias, A, mixer.D, ssm, slots, y, E, R, N=N,
+        BLOCK=BLOCK_E,
     )  # fmt: skip
     return y

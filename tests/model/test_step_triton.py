@@ -47,8 +47,16 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
             batched = BatchedStep(model, pool, scratch_slot=8, use_graphs=False, fused=True)
             assert batched.fused
             ref = ref_model.step(tokens, ref_pool, slots=slots)
-            got = batched(tokens, slots)
+            scratch = pool.ssm[:, 8].clone(), pool.conv[:, 8].clone()
+            got = batched(tokens, slots)  # 3 rows padded to 16 with slot -1: read as zeros, never written
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+            assert torch.equal(pool.ssm[:, 8], scratch[0]) and torch.equal(pool.conv[:, 8], scratch[1])
+            ref = ref_model.step(tokens, ref_pool, slots=slots)
+            with_pad = torch.cat([tokens[:1], tokens])  # a padding row (slot -1) second
+            got = model.step(with_pad, pool, slots=torch.tensor([7, -1, 2, 5]), fused=True)[[0, 2, 3]]
+            assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+            for mine, want in ((pool.ssm, ref_pool.ssm), (pool.conv, ref_pool.conv)):
+                assert (mine.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
         # in bf16 (the GPU's serving dtype) the engine's start-up check passes too, within bf16's rounding
         bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(torch.bfloat16)
         pool = bf16.allocate_state(5)
