@@ -237,17 +237,7 @@ def run(args: argparse.Namespace) -> dict:
               f"device {model['device']}", flush=True)  # fmt: skip
         start = {"type": "start", "prompt": base64.b64encode(prompt).decode(), "tempo_bpm": args.tempo,
                  "lookahead_beats": args.lookahead, "realtime": True}  # fmt: skip
-        rows = []
-        for n in sizes:
-            procs = args.client_procs or max(1, min((os.cpu_count() or 2) // 2, -(-n // 256)))
-            row = level(server, n, args.seconds, start, procs, args.settle)
-            if args.capacity:
-                flat = level(server, n, args.capacity, start | {"realtime": False}, procs, 1.0)
-                row["max_tokens_per_s"], row["max_tick_ms_p50"] = flat["tokens_per_s"], flat["tick_ms_p50"]
-            row["real_time"] = row["lost"] == 0 and (row["late_ms_p99"] or 0) < 50
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        return {
+        result = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cpus, torch {torch.__version__}",
@@ -256,8 +246,20 @@ def run(args: argparse.Namespace) -> dict:
             "tempo_bpm": args.tempo,
             "lookahead_beats": args.lookahead,
             "server_settings": settings,
-            "levels": rows,
+            "levels": [],
         }
+        for n in sizes:
+            procs = args.client_procs or max(1, min((os.cpu_count() or 2) // 2, -(-n // 256)))
+            row = level(server, n, args.seconds, start, procs, args.settle)
+            if args.capacity:
+                flat = level(server, n, args.capacity, start | {"realtime": False}, procs, 1.0)
+                row["max_tokens_per_s"], row["max_tick_ms_p50"] = flat["tokens_per_s"], flat["tick_ms_p50"]
+            row["real_time"] = row["lost"] == 0 and (row["late_ms_p99"] or 0) < 50
+            result["levels"].append(row)
+            print(json.dumps(row), flush=True)
+            # written after every level: a run stopped by a time limit keeps the levels it finished
+            (out / "serve_load.json").write_text(json.dumps(result, indent=1) + "\n")
+        return result
     finally:
         server.stop()
 
@@ -290,9 +292,7 @@ def main() -> None:
                    help="a server setting (SM1_<NAME>), e.g. --set ws_compression=true; repeatable")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/serve-load", help="folder for serve_load.json, the log")
     args = p.parse_args()
-    result = run(args)
-    (Path(args.out) / "serve_load.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result))
+    print(table(run(args)))
 
 
 if __name__ == "__main__":
