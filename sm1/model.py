@@ -185,8 +185,9 @@ class SM1(nn.Module):
         for i, layer in enumerate(self.layers):
             ssm_i, conv_i = state.ssm[i], state.conv[i]  # (S, E, N), (S, d_conv-1, E)
             if fused:
-                y = mixer_step(layer.mixer, layer.norm(x), ssm_i, conv_i, slots)
-            elif slots is None:
+                x = mixer_step(layer.mixer, layer.norm(x), ssm_i, conv_i, slots, residual=x)
+                continue
+            if slots is None:
                 y, h, c = layer.mixer.step(layer.norm(x), ssm_i, conv_i)
                 ssm_i.copy_(h)
                 conv_i.copy_(c)

@@ -18,6 +18,7 @@ TRITON_INTERPRET=1 the same kernels run on the CPU, which is how CI checks them 
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 from torch import Tensor
@@ -51,7 +52,7 @@ if triton is not None:
         return tl.where(x > 20.0, x, log1p)
 
     @triton.jit
-    def _conv_kernel(x_ptr, x_stride, conv_ptr, slots_ptr, w_ptr, bias_ptr, out_ptr, E,
+    def _conv_kernel(x_ptr, x_stride, conv_ptr, slots_ptr, w_ptr, bias_ptr, out_ptr, out_lp_ptr, E,
                      K: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         b, pe = tl.program_id(0), tl.program_id(1)
         offs = pe * BLOCK + tl.arange(0, BLOCK)
@@ -68,7 +69,9 @@ if triton is not None:
                 tl.store(row + (k - 1) * E + offs, v, mask=ms)  # the window moves on by one
         acc += x * tl.load(w_ptr + (K - 1) * E + offs, mask=m, other=0.0).to(tl.float32)
         tl.store(row + (K - 2) * E + offs, x, mask=ms)
-        tl.store(out_ptr + b * E + offs, _silu(acc), mask=m)
+        x = _silu(acc)
+        tl.store(out_ptr + b * E + offs, x, mask=m)
+        tl.store(out_lp_ptr + b * E + offs, x, mask=m)  # the same, in the model's dtype (for x_proj)
 
     @triton.jit
     def _ssm_kernel(x_ptr, z_ptr, z_stride, xp_ptr, xp_stride, dt_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
@@ -94,38 +97,55 @@ if triton is not None:
         tl.store(y_ptr + b * E + offs, y * _silu(z), mask=m)
 
 
-def mixer_step(mixer: torch.nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
-    """MambaBlock.step for rows `slots` of one layer's pool: u (B, d_model) -> (B, d_model).
+def mixer_step(mixer: torch.nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor, residual: Tensor) -> Tensor:
+    """residual + MambaBlock.step for rows `slots` of one layer's pool: u (B, d_model) -> (B, d_model).
 
-    ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that layer's pool, updated in place."""
+    ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that layer's pool, updated in place. Seven kernels a
+    layer, each launch counted: at batch 1 a step is nothing but launches."""
     E = mixer.cfg.d_inner
     xz = mixer.in_proj(u)  # (B, 2E): x, then z
-    x = conv_update(mixer, xz[:, :E], conv, slots)
-    xp = mixer.x_proj(x.to(u.dtype))  # (B, R + 2N): dt_raw, B, C
-    return mixer.out_proj(ssm_update(mixer, x, xz[:, E:], xp, ssm, slots).to(u.dtype))
+    x, x_lp = conv_update(mixer, xz[:, :E], conv, slots)
+    xp = mixer.x_proj(x_lp)  # (B, R + 2N): dt_raw, B, C
+    y = ssm_update(mixer, x, xz[:, E:], xp, ssm, slots)  # in u's dtype
+    return torch.addmm(residual, y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
 
 
-def conv_update(mixer: torch.nn.Module, x: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
-    """The causal conv's next output, SiLU'd, for x (B, E) (rows may be strided): (B, E) fp32; each
-    session's window in `conv` moves on by one, in place."""
+def _derived(mixer: torch.nn.Module) -> tuple[Tensor, Tensor]:
+    """A = -exp(A_log) (E, N) fp32 and the conv weight as (K, E) rows, made once per version of the weights
+    (two kernels a layer saved on every step; a weight changed in place makes them again)."""
+    version = (mixer.A_log._version, mixer.conv1d.weight._version, mixer.A_log.data_ptr())
+    cached = _DERIVED.get(mixer)
+    if cached is None or cached[0] != version:
+        A = -torch.exp(mixer.A_log.float()).contiguous()
+        cached = _DERIVED[mixer] = (version, A, mixer.conv1d.weight[:, 0].T.contiguous())
+    return cached[1], cached[2]
+
+
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def conv_update(mixer: torch.nn.Module, x: Tensor, conv: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """The causal conv's next output, SiLU'd, for x (B, E) (rows may be strided): (B, E) in fp32 (for the
+    state update) and in x's dtype (for x_proj); each session's window in `conv` moves on by one, in place."""
     B, (K, E) = x.shape[0], (mixer.cfg.d_conv, mixer.cfg.d_inner)
     out = torch.empty(B, E, device=x.device, dtype=torch.float32)
-    w = mixer.conv1d.weight[:, 0].T.contiguous()  # (K, E)
+    out_lp = out if x.dtype == torch.float32 else torch.empty(B, E, device=x.device, dtype=x.dtype)
+    _, w = _derived(mixer)
     grid = (B, triton.cdiv(E, BLOCK_E))
-    _conv_kernel[grid](x, x.stride(0), conv, slots, w, mixer.conv1d.bias, out, E, K=K, BLOCK=BLOCK_E)
-    return out
+    _conv_kernel[grid](x, x.stride(0), conv, slots, w, mixer.conv1d.bias, out, out_lp, E, K=K, BLOCK=BLOCK_E)
+    return out, out_lp
 
 
 def ssm_update(mixer: torch.nn.Module, x: Tensor, z: Tensor, xp: Tensor, ssm: Tensor, slots: Tensor) -> Tensor:
     """dt from x_proj's output `xp` (B, R + 2N) through dt_proj, the state update (in place in `ssm`), the
-    readout and the gate: (B, E) fp32. x (B, E) fp32 contiguous; z (B, E), rows may be strided."""
+    readout and the gate: (B, E) in z's dtype. x (B, E) fp32 contiguous; z (B, E), rows may be strided."""
     cfg = mixer.cfg
     E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
     B = x.shape[0]
     xp = xp.contiguous()
-    dt = torch.nn.functional.linear(xp[:, :R], mixer.dt_proj.weight).float()  # (B, E); bias and softplus in the kernel
-    y = torch.empty(B, E, device=x.device, dtype=torch.float32)
-    A = -torch.exp(mixer.A_log.float()).contiguous()  # (E, N)
+    dt = torch.nn.functional.linear(xp[:, :R], mixer.dt_proj.weight)  # (B, E); bias and softplus in the kernel
+    y = torch.empty(B, E, device=x.device, dtype=z.dtype)
+    A, _ = _derived(mixer)
     _ssm_kernel[(B, triton.cdiv(E, BLOCK_E))](
         x, z, z.stride(0), xp, xp.stride(0), dt, mixer.dt_proj.bias, A, mixer.D, ssm, slots, y, E, R, N=N,
         BLOCK=BLOCK_E,

@@ -57,6 +57,14 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
             for mine, want in ((pool.ssm, ref_pool.ssm), (pool.conv, ref_pool.conv)):
                 assert (mine.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+        # weights changed in place (A_log, the conv) are seen by the next fused step: nothing derived goes stale
+        with torch.no_grad():
+            for net in (model, ref_model):
+                net.layers[0].mixer.A_log.add_(0.5)
+                net.layers[1].mixer.conv1d.weight.mul_(1.5)
+        ref = ref_model.step(tokens, ref_pool, slots=slots)
+        got = model.step(tokens, pool, slots=slots, fused=True)
+        assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
         # in bf16 (the GPU's serving dtype) the engine's start-up check passes too, within bf16's rounding
         bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(torch.bfloat16)
         pool = bf16.allocate_state(5)
