@@ -12,12 +12,12 @@ parallel over T by chunks of CT steps in three launches (summary, carry, apply).
 by exp(A sum(dt)), so the chunk summary is its end state from h = 0 and its sum of dt.
 
 The backward (delta_t = dL/dh_t = dL/dy_t C_t + a_{t+1} delta_{t+1}) carries q = a_t delta_t, the gradient
-to the state entering step t, in the same three launches run in reverse; its carry ends at dL/dh0. The last
-launch holds a whole chunk as (CT, channels) tiles and rebuilds both a_t h_{t-1} (forward) and delta_t
-(reverse) by associative scans over (log a, value) pairs, so every gradient is an elementwise product of
-tiles: no h stored, no division by a_t. Products of a_t in those scans are exp of sums of log a_t, as in
-sm1.scan. Reductions (dB, dC over channels; dA, dD over batch and time) are per-program partial sums added
-by torch afterwards: deterministic, no atomics. It runs on CUDA; with TRITON_INTERPRET=1 on the CPU (CI).
+to the state entering step t, in the same three launches run in reverse. The last launch holds a whole chunk
+as (CT, channels) tiles and rebuilds both a_t h_{t-1} (forward) and delta_t (reverse) by associative scans
+over (log a, value) pairs, so every gradient is an elementwise product of tiles: no h stored, no division
+by a_t. Products of a_t in those scans are exp of sums of log a_t, as in sm1.scan. Reductions (dB, dC over
+channels; dA, dD over batch and time) are per-program partial sums added by torch afterwards: deterministic,
+no atomics. It runs on CUDA; with TRITON_INTERPRET=1 on the CPU (CI).
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ if triton is not None:
     @triton.jit
     def _carry_kernel(hsum_ptr, dtsum_ptr, a_ptr, h0_ptr, last_ptr, E, NC, N: tl.constexpr, NP: tl.constexpr,
                       HAS_H0: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        """The recurrence over chunk summaries: each chunk's entering state, written over its summary; the
-        state after the last chunk to last_ptr (forward: h_T; reverse: dL/dh0)."""
+        """The recurrence over chunk summaries: each chunk's entering state, written over its summary; forward,
+        the state after the last chunk (h_T) to last_ptr."""
         pid_b = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ns = tl.arange(0, NP)
@@ -104,7 +104,8 @@ if triton is not None:
             chunk_dt = tl.load(dtsum_ptr + (pid_b * NC + c) * E + offs, mask=offs < E, other=0.0)
             tl.store(ptr, h, mask=m2)
             h += _expm1(chunk_dt[:, None] * A) * h + chunk_h
-        tl.store(last_ptr + pid_b * E * N + en, h, mask=m2)
+        if not REVERSE:
+            tl.store(last_ptr + pid_b * E * N + en, h, mask=m2)
 
     @triton.jit
     def _forward_kernel(x_ptr, dt_ptr, bm_ptr, cm_ptr, a_ptr, d_ptr, z_ptr, hin_ptr, y_ptr, T, E, CT, NC,
@@ -154,12 +155,13 @@ if triton is not None:
     @triton.jit
     def _backward_kernel(
         x_ptr, dt_ptr, bm_ptr, cm_ptr, a_ptr, d_ptr, z_ptr, gy_ptr, hin_ptr, qin_ptr,
-        dx_ptr, ddt_ptr, dz_ptr, db_ptr, dc_ptr, da_ptr, dd_ptr, T, E, NC,
+        dx_ptr, ddt_ptr, dz_ptr, db_ptr, dc_ptr, da_ptr, dd_ptr, dh0_ptr, T, E, NC,
         N: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         """One chunk of (CT, BLOCK) tiles: every gradient, from the chunk's entering state h and the gradient
         q leaving it to the right (both from the carries). db, dc: (B, T, channel blocks, N) partial sums;
-        da: (B, NC, E, N); dd: (B, NC, E)."""
+        da: (B, NC, E, N); dd: (B, NC, E); dh0 (B, E, N) = a_0 delta_0 from the first chunk (the carry's
+        h + expm1(log a) h would lose its digits where a_0 is tiny and nothing is added after)."""
         pid_b, pid_c, pid_e = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         t0 = pid_c * CT
         ts = t0 + tl.arange(0, CT)  # (CT,)
@@ -211,6 +213,8 @@ if triton is not None:
             tl.store(db_ptr + (rows * tl.num_programs(2) + pid_e) * N + n, tl.sum(delta * dt * x, axis=1), mask=tm)
             tl.store(dc_ptr + (rows * tl.num_programs(2) + pid_e) * N + n, tl.sum(dy * h, axis=1), mask=tm)
             tl.store(da_ptr + chunk_en, tl.sum(dla * dt, axis=0), mask=em)
+            dh0 = tl.sum(tl.where(first, tl.exp(la) * delta, 0.0), axis=0)
+            tl.store(dh0_ptr + (pid_b * E + es) * N + n, dh0, mask=em & (es * 0 + pid_c == 0))
         sig_z = tl.sigmoid(z)
         tl.store(dz_ptr + idx, gy * y * sig_z * (1.0 + z * (1.0 - sig_z)), mask=m2)
         tl.store(dx_ptr + idx, dx, mask=m2)
@@ -257,7 +261,7 @@ class SelectiveScan(torch.autograd.Function):
         dh0 = torch.empty(bsz, E, N, device=x.device, dtype=torch.float32)
         ne = triton.cdiv(E, BLOCK_E)
         _reverse_summary_kernel[(bsz, nc, ne)](dt_raw, Cm, z, gy, A, q_in, length, E, ct, nc, **kw)
-        _carry_kernel[(bsz, ne)](q_in, dt_sum, A, q_in, dh0, E, nc, HAS_H0=False, REVERSE=True, **kw)
+        _carry_kernel[(bsz, ne)](q_in, dt_sum, A, q_in, q_in, E, nc, HAS_H0=False, REVERSE=True, **kw)
         ne_tile = triton.cdiv(E, BLOCK_E_TILE)
         dx, ddt, dz = torch.empty_like(x), torch.empty_like(dt_raw), torch.empty_like(z)
         db = torch.empty(bsz, length, ne_tile, N, device=x.device, dtype=torch.float32)
@@ -265,7 +269,7 @@ class SelectiveScan(torch.autograd.Function):
         da = torch.empty_like(h_in)
         dd = torch.empty_like(dt_sum)
         _backward_kernel[(bsz, nc, ne_tile)](
-            x, dt_raw, Bm, Cm, A, D, z, gy, h_in, q_in, dx, ddt, dz, db, dc, da, dd, length, E, nc,
+            x, dt_raw, Bm, Cm, A, D, z, gy, h_in, q_in, dx, ddt, dz, db, dc, da, dd, dh0, length, E, nc,
             N=N, CT=ct, BLOCK=BLOCK_E_TILE, num_warps=NUM_WARPS,
         )  # fmt: skip
         return (dx, ddt, da.sum((0, 1)), db.sum(2).to(Bm.dtype), dc.sum(2).to(Cm.dtype), dd.sum((0, 1)).to(D.dtype),
