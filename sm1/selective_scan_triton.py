@@ -33,9 +33,11 @@ try:
 except ImportError:  # no Triton here: MambaBlock keeps its pure path
     triton = None
 
+# Launch sizes: first guesses, not yet measured (benchmarks/layer.py --sweep times the alternatives)
 BLOCK_E = 64  # channels per program of the sequential launches (summary, carry, forward apply)
-BLOCK_E_TILE = 32  # channels per program of the backward's (CT, channels) tiles
-NUM_WARPS = 4
+NUM_WARPS = 2
+BLOCK_E_TILE = 32  # channels per program of the backward's (CT, channels) tiles: about 10 of them live
+NUM_WARPS_TILE = 8
 TARGET_CHUNKS = 32  # chunks per sequence, as sm1/scan_triton.py
 MAX_CHUNK = 64  # the backward holds a chunk in registers: longer sequences get more chunks, not longer ones
 
@@ -175,20 +177,21 @@ if triton is not None:
         next_m = em[None, :] & ((ts + 1 < T) & (ts + 1 < t0 + CT))[:, None]  # step t + 1 inside this chunk
 
         x = tl.load(x_ptr + idx, mask=m2, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_ptr + idx, mask=m2, other=0.0).to(tl.float32)
-        dt = tl.where(m2, _softplus(dt_raw), 0.0)
+        dt = tl.where(m2, _softplus(tl.load(dt_ptr + idx, mask=m2, other=0.0).to(tl.float32)), 0.0)
+        dt_prev = tl.where(prev_m, _softplus(tl.load(dt_ptr + idx - E, mask=prev_m, other=0.0).to(tl.float32)), 0.0)
+        u_prev = dt_prev * tl.load(x_ptr + idx - E, mask=prev_m, other=0.0).to(tl.float32)  # dt_{t-1} x_{t-1}
+        dt_next = tl.where(next_m, _softplus(tl.load(dt_ptr + idx + E, mask=next_m, other=0.0).to(tl.float32)), 0.0)
+        D = tl.load(d_ptr + es, mask=em, other=0.0).to(tl.float32)[None, :]
         z = tl.load(z_ptr + idx, mask=m2, other=0.0).to(tl.float32)
         gy = tl.load(gy_ptr + idx, mask=m2, other=0.0).to(tl.float32)
-        x_prev = tl.load(x_ptr + idx - E, mask=prev_m, other=0.0).to(tl.float32)
-        dt_prev = tl.where(prev_m, _softplus(tl.load(dt_ptr + idx - E, mask=prev_m, other=0.0).to(tl.float32)), 0.0)
-        dt_next = tl.where(next_m, _softplus(tl.load(dt_ptr + idx + E, mask=next_m, other=0.0).to(tl.float32)), 0.0)
-        D = tl.load(d_ptr + es, mask=em, other=0.0).to(tl.float32)
+        sig_z = tl.sigmoid(z)
+        dy = gy * z * sig_z  # dL/d(h C + D x), through the gate silu(z) = z sigmoid(z)
+        dgate = gy * sig_z * (1.0 + z * (1.0 - sig_z))  # dL/dz = dgate (h C + D x)
+        tl.store(dd_ptr + (pid_b * NC + pid_c) * E + es, tl.sum(dy * x, axis=0), mask=em)
 
-        gate = _silu(z)
-        dy = gy * gate  # dL/d(h C + D x)
-        y = D[None, :] * x  # h C + D x, summed over n below
-        ddt = tl.zeros([CT, BLOCK], dtype=tl.float32)
-        dx = dy * D[None, :]
+        y = D * x  # h C + D x, summed over n below
+        g_b = tl.zeros([CT, BLOCK], dtype=tl.float32)  # sum_n delta_n B_n = dL/d(dt x)
+        g_la = tl.zeros([CT, BLOCK], dtype=tl.float32)  # sum_n dL/dlog_a_n A_n
         for n in range(N):
             A_n = tl.load(a_ptr + es * N + n, mask=em, other=0.0)[None, :]
             B_n = tl.load(bm_ptr + rows * N + n, mask=tm, other=0.0).to(tl.float32)[:, None]
@@ -198,28 +201,26 @@ if triton is not None:
             h_in = tl.load(hin_ptr + chunk_en, mask=em, other=0.0)[None, :]
             q_in = tl.load(qin_ptr + chunk_en, mask=em, other=0.0)[None, :]
             la = dt * A_n
-            b = dt * x * B_n
             # p_t = a_t h_{t-1} = a_t (p_{t-1} + b_{t-1}), the chunk's entering state in its first step
-            b_prev = tl.where(first, h_in, dt_prev * x_prev * B_prev)
+            b_prev = tl.where(first, h_in, u_prev * B_prev)
             _, p = tl.associative_scan((la, tl.exp(la) * b_prev), 0, _combine)
-            h = p + b
+            h = p + dt * x * B_n
             y += h * C_n
             # delta_t = dy_t C_t + a_{t+1} delta_{t+1}, the gradient leaving the chunk in its last step
             g = dy * C_n + tl.where(last, q_in, 0.0)
             _, delta = tl.associative_scan((dt_next * A_n, g), 0, _combine, reverse=True)
             dla = delta * p  # dL/dlog_a_t = delta_t a_t h_{t-1}
-            ddt += delta * x * B_n + dla * A_n
-            dx += delta * dt * B_n
+            g_b += delta * B_n
+            g_la += dla * A_n
             tl.store(db_ptr + (rows * tl.num_programs(2) + pid_e) * N + n, tl.sum(delta * dt * x, axis=1), mask=tm)
             tl.store(dc_ptr + (rows * tl.num_programs(2) + pid_e) * N + n, tl.sum(dy * h, axis=1), mask=tm)
             tl.store(da_ptr + chunk_en, tl.sum(dla * dt, axis=0), mask=em)
             dh0 = tl.sum(tl.where(first, tl.exp(la) * delta, 0.0), axis=0)
             tl.store(dh0_ptr + (pid_b * E + es) * N + n, dh0, mask=em & (es * 0 + pid_c == 0))
-        sig_z = tl.sigmoid(z)
-        tl.store(dz_ptr + idx, gy * y * sig_z * (1.0 + z * (1.0 - sig_z)), mask=m2)
-        tl.store(dx_ptr + idx, dx, mask=m2)
-        tl.store(ddt_ptr + idx, ddt * tl.sigmoid(dt_raw), mask=m2)  # softplus' = sigmoid
-        tl.store(dd_ptr + (pid_b * NC + pid_c) * E + es, tl.sum(dy * x, axis=0), mask=em)
+        tl.store(dz_ptr + idx, dgate * y, mask=m2)
+        tl.store(dx_ptr + idx, g_b * dt + dy * D, mask=m2)
+        # softplus'(dt_raw) = sigmoid(dt_raw) = 1 - exp(-dt)
+        tl.store(ddt_ptr + idx, (g_b * x + g_la) * -_expm1(-dt), mask=m2)
 
 
 def _chunk(length: int, chunk: int | None) -> int:
@@ -270,7 +271,7 @@ class SelectiveScan(torch.autograd.Function):
         dd = torch.empty_like(dt_sum)
         _backward_kernel[(bsz, nc, ne_tile)](
             x, dt_raw, Bm, Cm, A, D, z, gy, h_in, q_in, dx, ddt, dz, db, dc, da, dd, dh0, length, E, nc,
-            N=N, CT=ct, BLOCK=BLOCK_E_TILE, num_warps=NUM_WARPS,
+            N=N, CT=ct, BLOCK=BLOCK_E_TILE, num_warps=NUM_WARPS_TILE,
         )  # fmt: skip
         return (dx, ddt, da.sum((0, 1)), db.sum(2).to(Bm.dtype), dc.sum(2).to(Cm.dtype), dd.sum((0, 1)).to(D.dtype),
                 dz, dh0 if ctx.has_h0 else None, None)  # fmt: skip
