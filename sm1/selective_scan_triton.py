@@ -167,26 +167,30 @@ if triton is not None:
         pid_b, pid_c, pid_e = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         t0 = pid_c * CT
         ts = t0 + tl.arange(0, CT)  # (CT,)
+        ts_rev = t0 + CT - 1 - tl.arange(0, CT)  # the chunk backwards: delta's scan runs forward on these rows
         es = pid_e * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
         tm, em = ts < T, es < E
         m2 = tm[:, None] & em[None, :]
-        rows = pid_b.to(tl.int64) * T + ts  # (CT,)
-        idx = rows[:, None] * E + es[None, :]  # (CT, BLOCK)
-        first, last = (ts == t0)[:, None], (ts == t0 + CT - 1)[:, None]
+        rows, rows_rev = pid_b.to(tl.int64) * T + ts, pid_b.to(tl.int64) * T + ts_rev  # (CT,)
+        idx, idx_rev = rows[:, None] * E + es[None, :], rows_rev[:, None] * E + es[None, :]  # (CT, BLOCK)
+        m2_rev = (ts_rev < T)[:, None] & em[None, :]
+        first, last_rev = (ts == t0)[:, None], (ts_rev == t0 + CT - 1)[:, None]
         prev_m = m2 & (ts > t0)[:, None]  # step t - 1 inside this chunk
-        next_m = em[None, :] & ((ts + 1 < T) & (ts + 1 < t0 + CT))[:, None]  # step t + 1 inside this chunk
+        next_m = em[None, :] & ((ts_rev + 1 < T) & (ts_rev + 1 < t0 + CT))[:, None]  # step t + 1, backwards
 
         x = tl.load(x_ptr + idx, mask=m2, other=0.0).to(tl.float32)
         dt = tl.where(m2, _softplus(tl.load(dt_ptr + idx, mask=m2, other=0.0).to(tl.float32)), 0.0)
         dt_prev = tl.where(prev_m, _softplus(tl.load(dt_ptr + idx - E, mask=prev_m, other=0.0).to(tl.float32)), 0.0)
         u_prev = dt_prev * tl.load(x_ptr + idx - E, mask=prev_m, other=0.0).to(tl.float32)  # dt_{t-1} x_{t-1}
-        dt_next = tl.where(next_m, _softplus(tl.load(dt_ptr + idx + E, mask=next_m, other=0.0).to(tl.float32)), 0.0)
+        dt_next = tl.where(next_m, _softplus(tl.load(dt_ptr + idx_rev + E, mask=next_m, other=0.0).to(tl.float32)), 0.0)
         D = tl.load(d_ptr + es, mask=em, other=0.0).to(tl.float32)[None, :]
         z = tl.load(z_ptr + idx, mask=m2, other=0.0).to(tl.float32)
         gy = tl.load(gy_ptr + idx, mask=m2, other=0.0).to(tl.float32)
         sig_z = tl.sigmoid(z)
         dy = gy * z * sig_z  # dL/d(h C + D x), through the gate silu(z) = z sigmoid(z)
         dgate = gy * sig_z * (1.0 + z * (1.0 - sig_z))  # dL/dz = dgate (h C + D x)
+        z_rev = tl.load(z_ptr + idx_rev, mask=m2_rev, other=0.0).to(tl.float32)
+        dy_rev = tl.load(gy_ptr + idx_rev, mask=m2_rev, other=0.0).to(tl.float32) * _silu(z_rev)
         tl.store(dd_ptr + (pid_b * NC + pid_c) * E + es, tl.sum(dy * x, axis=0), mask=em)
 
         y = D * x  # h C + D x, summed over n below
@@ -197,6 +201,7 @@ if triton is not None:
             B_n = tl.load(bm_ptr + rows * N + n, mask=tm, other=0.0).to(tl.float32)[:, None]
             B_prev = tl.load(bm_ptr + rows * N + n - N, mask=tm & (ts > t0), other=0.0).to(tl.float32)[:, None]
             C_n = tl.load(cm_ptr + rows * N + n, mask=tm, other=0.0).to(tl.float32)[:, None]
+            C_rev = tl.load(cm_ptr + rows_rev * N + n, mask=ts_rev < T, other=0.0).to(tl.float32)[:, None]
             chunk_en = ((pid_b * NC + pid_c) * E + es) * N + n
             h_in = tl.load(hin_ptr + chunk_en, mask=em, other=0.0)[None, :]
             q_in = tl.load(qin_ptr + chunk_en, mask=em, other=0.0)[None, :]
@@ -206,9 +211,11 @@ if triton is not None:
             _, p = tl.associative_scan((la, tl.exp(la) * b_prev), 0, _combine)
             h = p + dt * x * B_n
             y += h * C_n
-            # delta_t = dy_t C_t + a_{t+1} delta_{t+1}, the gradient leaving the chunk in its last step
-            g = dy * C_n + tl.where(last, q_in, 0.0)
-            _, delta = tl.associative_scan((dt_next * A_n, g), 0, _combine, reverse=True)
+            # delta_t = dy_t C_t + a_{t+1} delta_{t+1}, the gradient leaving the chunk in its last step; scanned
+            # forward on the rows backwards and flipped back (associative_scan's reverse=True has had bugs)
+            g = dy_rev * C_rev + tl.where(last_rev, q_in, 0.0)
+            _, delta = tl.associative_scan((dt_next * A_n, g), 0, _combine)
+            delta = tl.flip(delta, 0)
             dla = delta * p  # dL/dlog_a_t = delta_t a_t h_{t-1}
             g_b += delta * B_n
             g_la += dla * A_n

@@ -48,7 +48,7 @@ def reference(x, dt_raw, A, Bm, Cm, D, z, h0):
     return torch.stack(ys, 1) * F.silu(z), h
 
 
-def errors(inputs, chunk, swap_bc=False) -> dict[str, float]:
+def errors(inputs, chunk, swap_bc=False, device="cpu") -> dict[str, float]:
     """Relative error of the fused y, h_T and each gradient against the float64 loop on the same inputs."""
     from sm1.selective_scan_triton import selective_scan_triton
 
@@ -58,14 +58,15 @@ def errors(inputs, chunk, swap_bc=False) -> dict[str, float]:
     gy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
     ref_grads = torch.autograd.grad(y_ref, [t for t in ref_in if t is not None], gy.double())
 
-    mine = [None if t is None else t.clone().requires_grad_() for t in inputs]
+    mine = [None if t is None else t.to(device).requires_grad_() for t in inputs]
     if swap_bc:
         mine[3], mine[4] = mine[4], mine[3]
     y, h_last = selective_scan_triton(*mine, chunk=chunk)
     assert y.dtype == inputs[0].dtype and h_last.dtype == torch.float32
-    grads = torch.autograd.grad(y, [t for t in mine if t is not None], gy.to(y.dtype))
+    grads = torch.autograd.grad(y, [t for t in mine if t is not None], gy.to(y))
     if swap_bc:
         grads = [grads[i] for i in (0, 1, 2, 4, 3, *range(5, len(grads)))]
+    y, h_last, grads = y.cpu(), h_last.cpu(), [g.cpu() for g in grads]
     errs = {"y": rel_err(y, y_ref.detach()), "h_T": rel_err(h_last, h_ref.detach())}
     for (name, _), g, rg in zip(present, grads, ref_grads, strict=True):
         assert g.dtype == dict(present)[name].dtype, name
@@ -155,3 +156,18 @@ def test_mixer_forward_fused_equals_the_pure_path():
         print("ok")
         """
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled kernels, not the interpreter")
+@pytest.mark.parametrize("d_state", [1, 16])
+@pytest.mark.parametrize("dt_lo,dt_hi", [(1e-3, 0.1), (1e-4, 10.0)])
+def test_compiled_kernels_match_the_float64_loop_at_training_lengths(d_state, dt_lo, dt_hi):
+    """On a GPU: the default chunking of a 2048-step sequence (CT=64, 32 chunks), fp32, then bf16 activations."""
+    pytest.importorskip("triton")
+    inputs = random_inputs(2, 2048, 192, d_state, dt_lo, dt_hi, seed=d_state)
+    errs = errors(inputs, chunk=None, device="cuda")
+    assert max(errs.values()) <= TOL, errs
+    for i in (0, 1, 3, 4, 6):
+        inputs[i] = inputs[i].bfloat16()
+    errs = errors(inputs, chunk=None, device="cuda")
+    assert max(errs.values()) <= TOL_BF16, errs
