@@ -15,6 +15,8 @@ of the fused scan (the transposes to its layout included), and training with it.
     python benchmarks/layer.py --out benchmarks/results/layer --mamba-src ~/mamba      # + mamba-ssm beside
     python benchmarks/layer.py --quick --out /tmp/layer                                 # CPU smoke test
 
+--sweep also times the fused kernels' launch sizes (their defaults are first guesses).
+
 On the CPU only the current path runs (and the fused one under TRITON_INTERPRET=1, slowly).
 """
 
@@ -217,6 +219,34 @@ def bench_training(cfg: SM1Config, bsz: int, length: int, steps: int, device, pa
     return rows
 
 
+SWEEP = [  # BLOCK_E, NUM_WARPS, BLOCK_E_TILE, NUM_WARPS_TILE, MAX_CHUNK of sm1/selective_scan_triton.py
+    (64, 2, 32, 8, 64), (128, 2, 32, 8, 64), (32, 1, 32, 8, 64), (64, 4, 32, 8, 64), (64, 2, 16, 4, 64),
+    (64, 2, 16, 8, 64), (64, 2, 32, 4, 64), (64, 2, 64, 8, 64), (64, 2, 32, 8, 32), (64, 2, 16, 4, 32),
+]  # fmt: skip
+KNOBS = ("BLOCK_E", "NUM_WARPS", "BLOCK_E_TILE", "NUM_WARPS_TILE", "MAX_CHUNK")
+
+
+def sweep_fused(d_model: int, bsz: int, length: int, device, reps: int) -> list[dict]:
+    """The fused layer's forward+backward over the kernels' launch sizes (to choose the defaults)."""
+    defaults = [getattr(selective_scan_triton, k) for k in KNOBS]
+    rows = []
+    for d_state in (1, 16):
+        torch.manual_seed(0)
+        block = MambaBlock(SM1Config(vocab_size=VOCAB, d_model=d_model, d_state=d_state)).to(device)
+        u = torch.randn(bsz, length, d_model, device=device, requires_grad=True)
+        gy = torch.randn(bsz, length, d_model, device=device)
+        for setting in SWEEP:
+            for k, v in zip(KNOBS, setting, strict=True):
+                setattr(selective_scan_triton, k, v)
+            with layer_path("fused"):
+                ms = time_ms(functools.partial(layer_fwd_bwd, block, u, gy, device), device.type, reps)
+            rows.append({"d_state": d_state, **dict(zip(KNOBS, setting, strict=True)), "fwd_bwd_ms": ms})
+            print(json.dumps(rows[-1]), flush=True)
+    for k, v in zip(KNOBS, defaults, strict=True):
+        setattr(selective_scan_triton, k, v)
+    return rows
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -235,6 +265,7 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-seq-len", type=int, default=2048)
     p.add_argument("--train-steps", type=int, default=5, help="timed steps after 2 warm-up steps")
+    p.add_argument("--sweep", action="store_true", help="also time the fused kernels' launch sizes")
     p.add_argument("--mamba-src", type=Path, help="a mamba-ssm source tree with selective_scan_cuda built in place")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/layer"))
     if p.parse_known_args()[0].quick:  # the small shapes become the defaults: the size flags still apply
@@ -270,6 +301,10 @@ def main() -> None:
         d_inner = 2 * args.d_model
         result["scan_alone"] = bench_scan_alone(args.batch, args.seq_len, d_inner, device, args.reps, mamba_fn)
         print_table("The scan alone, fwd+bwd, bf16 inputs", result["scan_alone"])
+
+    if args.sweep and "fused" in paths:
+        result["sweep"] = sweep_fused(args.d_model, args.batch, args.seq_len, device, args.reps)
+        print_table("Fused layer fwd+bwd over launch sizes", result["sweep"])
 
     cfg = SM1Config(vocab_size=VOCAB, d_model=args.d_model, n_layer=args.train_layers, d_state=1)
     result["training"] = bench_training(cfg, args.train_batch, args.train_seq_len, args.train_steps, device, paths,
