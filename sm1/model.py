@@ -2,9 +2,9 @@
 
 The block is the paper's: in_proj to (x, z), causal depthwise conv1d, x_proj to (dt, B, C), dt_proj with
 softplus, A = -exp(A_log), selective scan, D skip, SiLU gate, out_proj; pre-norm residual blocks; RMSNorm.
-`forward` runs a whole sequence (training, prompt prefill) through the exact parallel scan; `step` runs
-one token of a batch of sessions through the same equations. They are the same function, and the tests
-hold them to it.
+`forward` runs a whole sequence (training, prompt prefill) through the exact parallel scan (on CUDA, the scan
+and its neighbours fused in Triton: sm1/selective_scan_triton.py); `step` runs one token of a batch of sessions
+through the same equations. They are the same function, and the tests hold them to it.
 """
 
 from __future__ import annotations
