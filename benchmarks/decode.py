@@ -153,22 +153,24 @@ def bench_gpt(name: str, sm1: SM1, contexts: list[int], batches: list[int], devi
     return rows
 
 
-def load_mamba_triton(src: Path, name: str) -> types.ModuleType:
-    """Import mamba_ssm.ops.triton.<name> from its file: the package's own __init__ imports the CUDA
-    extension, which is not built, so the parent packages are registered empty (with their folders, for
-    the module's own imports of its siblings)."""
+def load_mamba_module(src: Path, name: str) -> types.ModuleType:
+    """Import mamba_ssm.<name> (e.g. "ops.triton.selective_state_update") from its file: the package's own
+    __init__ imports every CUDA extension, built or not, so the parent packages are registered empty (with
+    their folders, for the module's own imports of its siblings)."""
+    parts = f"mamba_ssm.{name}".split(".")
     folder = src
-    for parent in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.triton"):
-        folder = folder / parent.rsplit(".", 1)[-1]
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        folder = folder / parts[i - 1]
         sys.modules.setdefault(parent, types.ModuleType(parent)).__path__ = [str(folder)]
-    return importlib.import_module(f"mamba_ssm.ops.triton.{name}")
+    return importlib.import_module(f"mamba_ssm.{name}")
 
 
 def bench_mamba_peer(src: Path, model: SM1, batches: list[int], device, reps: int) -> list[dict]:
     """mamba-ssm's Triton selective_state_update (dt already projected) beside our state-update kernel."""
     path = src / "mamba_ssm" / "ops" / "triton" / "selective_state_update.py"
     try:
-        module = load_mamba_triton(src, "selective_state_update")
+        module = load_mamba_module(src, "ops.triton.selective_state_update")
     except Exception as e:  # its imports or its Triton version do not fit here
         return [{"path": "mamba-ssm selective_state_update", "error": f"cannot load {path}: {e!r}"}]
     cfg = model.config

@@ -2,9 +2,9 @@
 
 The block is the paper's: in_proj to (x, z), causal depthwise conv1d, x_proj to (dt, B, C), dt_proj with
 softplus, A = -exp(A_log), selective scan, D skip, SiLU gate, out_proj; pre-norm residual blocks; RMSNorm.
-`forward` runs a whole sequence (training, prompt prefill) through the exact parallel scan; `step` runs
-one token of a batch of sessions through the same equations. They are the same function, and the tests
-hold them to it.
+`forward` runs a whole sequence (training, prompt prefill) through the exact parallel scan (on CUDA, the scan
+and its neighbours fused in Triton: sm1/selective_scan_triton.py); `step` runs one token of a batch of sessions
+through the same equations. They are the same function, and the tests hold them to it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sm1 import selective_scan_triton
 from sm1.scan import scan
 from sm1.state import SM1State
+
+# None: the fused Triton layer on CUDA wherever Triton imports, else the pure path. True / False force one
+# (the tests run the fused one in Triton's interpreter on the CPU; the benchmarks time both).
+FUSED_LAYER: bool | None = None
+
+
+def _fused_layer(x: Tensor) -> bool:
+    """The one place MambaBlock.forward's path is chosen."""
+    if FUSED_LAYER is not None:
+        return FUSED_LAYER
+    return x.is_cuda and selective_scan_triton.available(x.device)
 
 
 @dataclass
@@ -83,12 +95,16 @@ class MambaBlock(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
-    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """From the conv output x (..., E): dt (..., E), B (..., N), C (..., N), all fp32."""
+    def _projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From the conv output x (..., E): dt before its softplus (..., E), B (..., N), C (..., N)."""
         R, N = self.cfg.dt_rank, self.cfg.d_state
         dt, B, C = self.x_proj(x).split([R, N, N], dim=-1)
-        dt = F.softplus(self.dt_proj(dt).float())
-        return dt, B.float(), C.float()
+        return self.dt_proj(dt), B, C
+
+    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From the conv output x (..., E): dt (..., E), B (..., N), C (..., N), all fp32."""
+        dt, B, C = self._projections(x)
+        return F.softplus(dt.float()), B.float(), C.float()
 
     def forward(self, u: Tensor, ssm: Tensor, conv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """u (B, T, d_model); ssm (B, E, N) and conv (B, d_conv-1, E) entering. Returns y and both states."""
@@ -99,8 +115,12 @@ class MambaBlock(nn.Module):
         x_win = torch.cat([conv.to(x.dtype), x], dim=1)  # (B, d_conv-1+T, E)
         new_conv = x_win[:, -(self.cfg.d_conv - 1) :]
         x = F.silu(self.conv1d(x_win.transpose(1, 2))).transpose(1, 2)  # (B, T, E)
-        dt, B, C = self._ssm_inputs(x)
+        dt_raw, B, C = self._projections(x)
         A = -torch.exp(self.A_log.float())  # (E, N)
+        if _fused_layer(x):
+            y, h_last = selective_scan_triton.selective_scan_triton(x, dt_raw, A, B, C, self.D, z, ssm)
+            return self.out_proj(y), h_last, new_conv
+        dt, B, C = F.softplus(dt_raw.float()), B.float(), C.float()
         log_a = dt.unsqueeze(-1) * A  # (B, T, E, N)
         b = (dt * x.float()).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, E, N)
         h = scan(log_a.view(Bsz, T, E * N), b.view(Bsz, T, E * N), ssm.reshape(Bsz, E * N)).view(Bsz, T, E, N)
