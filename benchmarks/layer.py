@@ -64,7 +64,9 @@ def mamba_in_our_layer(selective_scan_fn):
 
     def scan(x, dt_raw, A, Bm, Cm, D, z, h0=None, chunk=None):
         bt = [t.transpose(1, 2) for t in (x, dt_raw, Bm, Cm, z)]  # (B, E or N, T); it makes them contiguous
-        y, last = selective_scan_fn(*bt[:4], D.float(), bt[4], delta_softplus=True, return_last_state=True)
+        u, delta, Bt, Ct, zt = bt
+        y, last = selective_scan_fn(u, delta, A.float(), Bt, Ct, D.float(), zt, delta_softplus=True,
+                                    return_last_state=True)  # fmt: skip
         return y.transpose(1, 2), last
 
     return scan

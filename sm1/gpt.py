@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -45,6 +46,12 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
         return cls(**d)
+
+
+# With a KV cache every step attends over a new length, and cuDNN's attention plans each new shape anew: on an
+# H100 that planning took about 14 ms a call, 60 ms a token for 4 layers (torch profiler, 2026-11-23). The other
+# backends take any length as it comes.
+CACHED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class KVCache:
@@ -97,13 +104,14 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer, :, :, start : start + T] = v
             k = cache.k[layer, :, :, : start + T]  # (B, nh, start + T, hs)
             v = cache.v[layer, :, :, : start + T]
-            if T == 1:  # one new token sees everything before it: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v)
-            elif start == 0:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:  # a chunk after earlier tokens: query i sees keys up to start + i
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            with sdpa_kernel(CACHED_BACKENDS):
+                if T == 1:  # one new token sees everything before it: no mask needed
+                    y = F.scaled_dot_product_attention(q, k, v)
+                elif start == 0:
+                    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                else:  # a chunk after earlier tokens: query i sees keys up to start + i
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y)
 
