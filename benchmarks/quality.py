@@ -16,6 +16,12 @@ the same way:
 Generation goes through `sm1.engine.Engine` with `sm1.sampling` (temperature only, no top-k/top-p), so
 the clips are what the server would play, note-grammar masks included.
 
+A piece that ends before the continuation window does (its last note starts before --prompt-beats + --beats)
+is left out: its real continuation would be silence, counted as a sparse one. The means are given over all
+prompts and per prompt set ("file": --prompts; "val": held-out pieces of the training corpus), since the
+files are not from the training distribution (performances and pop arrangements, with dynamics) and a
+model may continue them unlike the music it was trained on.
+
     python benchmarks/quality.py --data data/shards --out runs/quality              # the shipped checkpoint
     python benchmarks/quality.py --checkpoint runs/sm1/best --prompts a.mid b.mid --temperatures 0.9 1.0
 
@@ -94,6 +100,17 @@ def clip_metrics(prompt: list[NoteEvent], continuation: list[NoteEvent], beats: 
     }
 
 
+def covers(notes: list[NoteEvent], until_beat: float) -> bool:
+    """Whether a piece goes on to `until_beat` (a note starts there or later): only then is its real
+    continuation a whole window of music rather than the silence after its end."""
+    return bool(notes) and max(n.beat for n in notes) >= until_beat
+
+
+def prompt_set(name: str) -> str:
+    """ "val" for held-out pieces of the shards, "file" for --prompts files."""
+    return "val" if name.startswith("val:") else "file"
+
+
 def split_piece(notes: list[NoteEvent], prompt_beats: float, beats: float):
     """(prompt, continuation): notes starting before `prompt_beats`, and in the `beats` after it."""
     prompt = [n for n in notes if n.beat < prompt_beats]
@@ -145,7 +162,7 @@ def validation_pieces(data: Path, count: int, min_beats: float) -> dict[str, lis
     for piece in (p for p in index["pieces"] if p["split"] == "val"):
         ids = shards.tokens[piece["offset"] : piece["offset"] + piece["length"]]
         notes = shards.vocab.decode(ids.astype(np.int64))
-        if notes and max(n.beat for n in notes) >= min_beats:
+        if covers(notes, min_beats):
             pieces[f"val:{piece['key']}"] = notes
         if len(pieces) == count:
             break
@@ -177,23 +194,36 @@ def main(argv=None) -> dict:
     if args.data:
         pieces |= validation_pieces(args.data, args.val_pieces, args.prompt_beats + args.beats)
     args.out.mkdir(parents=True, exist_ok=True)
-    clips = []
+    clips, used = [], 0
     for name, notes in pieces.items():
         prompt, real = split_piece(notes, args.prompt_beats, args.beats)
         if not prompt:
             print(f"skipping {name}: no notes in the first {args.prompt_beats:g} beats", file=sys.stderr)
             continue
-        clips.append({"piece": name, "source": "real", **clip_metrics(prompt, real, args.beats), "unfinished": 0.0})
+        if not covers(notes, args.prompt_beats + args.beats):
+            last, end = max(n.beat for n in notes), args.prompt_beats + args.beats
+            print(f"skipping {name}: its last note starts at beat {last:g}, before the end of the continuation "
+                  f"window ({end:g}): no real continuation to compare", file=sys.stderr)  # fmt: skip
+            continue
+        used += 1
+        kind = prompt_set(name)
+        clips.append({"piece": name, "set": kind, "source": "real", **clip_metrics(prompt, real, args.beats),
+                      "unfinished": 0.0})  # fmt: skip
         for temperature in args.temperatures:
             until = args.prompt_beats + args.beats
             new, unfinished = continue_piece(engine, prompt, until, temperature, args.seed, int(60 * until))
             _, generated = split_piece(new, args.prompt_beats, args.beats)
-            clips.append({"piece": name, "source": f"T={temperature:g}",
+            clips.append({"piece": name, "set": kind, "source": f"T={temperature:g}",
                           **clip_metrics(prompt, generated, args.beats), "unfinished": unfinished})  # fmt: skip
             slug = Path(name.replace(":", "_").replace("/", "_")).stem
             (args.out / f"{slug}_T{temperature:g}.mid").write_bytes(write_midi(prompt + new))
     summary = summarise(clips)
-    print_table(summary, ck.name, len(pieces))
+    sets = dict.fromkeys(c["set"] for c in clips)
+    by_set = {name: summarise([c for c in clips if c["set"] == name]) for name in sets}
+    print_table(summary, ck.name, used)
+    if len(by_set) > 1:
+        for name, s in by_set.items():
+            print_table(s, f"{ck.name}, prompt set {name!r}", s["real"]["clips"])
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": ck.name,
@@ -202,6 +232,7 @@ def main(argv=None) -> dict:
         "prompt_beats": args.prompt_beats,
         "beats": args.beats,
         "summary": summary,
+        "summary_by_set": by_set,
         "clips": clips,
     }
     (args.out / "quality.json").write_text(json.dumps(report, indent=1))

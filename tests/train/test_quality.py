@@ -66,3 +66,38 @@ def test_held_out_pieces_of_the_shards_serve_as_prompts_too(tiny_checkpoint, sha
     assert len(pieces) == 1 and pieces.pop().startswith("val:")  # the one held-out piece of these shards
     assert [c["source"] for c in report["clips"]] == ["real", "T=1"]
     assert len(list(out.glob("val_*_T1.mid"))) == 1
+
+
+def test_a_piece_covers_the_window_only_if_a_note_starts_at_its_end_or_later():
+    assert quality.covers(notes([60] * 16), 15.0) and not quality.covers(notes([60] * 16), 16.0)
+    assert not quality.covers([], 0.0)
+
+
+def test_a_piece_that_ends_before_the_continuation_window_is_left_out(tiny_checkpoint, tmp_path):
+    # music21_test10.mid ends with a note at beat 15: its "real" continuation over beats 8..24 is half silence
+    # (0.5 notes a beat), which pulled the mean of the real continuations down beside any generated one
+    out = tmp_path / "quality"
+    prompts = [str(SHARED_MIDI / "music21_test10.mid"), str(SHARED_MIDI / "aria_classical.mid")]
+    report = quality.main(["--checkpoint", str(tiny_checkpoint), "--prompts", *prompts, "--prompt-beats", "8",
+                           "--beats", "16", "--temperatures", "1.0", "--out", str(out)])  # fmt: skip
+    assert {c["piece"] for c in report["clips"]} == {"aria_classical.mid"}
+    assert report["summary"]["real"]["clips"] == 1
+    assert set(report["summary_by_set"]) == {"file"} and all(c["set"] == "file" for c in report["clips"])
+
+
+def test_the_density_benchmark_counts_notes_a_beat_as_the_decoder_does(tiny_checkpoint, shards, tmp_path):
+    cmd = [sys.executable, "benchmarks/density.py", "--checkpoint", str(tiny_checkpoint), "--data", str(shards),
+           "--prompts", str(SHARED_MIDI / "aria_classical.mid"), "--prompt-beats", "8", "--beats", "8", "--seeds", "2",
+           "--free-tokens", "40", "--out", str(tmp_path)]  # fmt: skip
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    report = json.loads((tmp_path / "density.json").read_text())
+    from sm1.data.loader import TokenShards
+
+    val = TokenShards(shards, "val")
+    dec = val.vocab.decoder()
+    decoded = sum(len(dec.feed(int(t))) for t in val.tokens)
+    assert report["data"]["splits"]["val"]["notes_per_beat"] == pytest.approx(decoded / dec.beat)
+    assert len(report["free"]["streams"]) == 8 and all(s["beats"] >= 0 for s in report["free"]["streams"])
+    [row] = [r for r in report["prompts"] if r["set"] == "file"]
+    assert row["piece"] == "aria_classical.mid" and row["real"] > 0.5
+    assert row["as_written"]["notes_per_beat"] >= 0 and 0 <= row["velocity_90"]["strings"] <= 1
