@@ -3,8 +3,8 @@ as `KIND@N`, comma-separated; the N-th call of that kind (1-based) raises (name 
 Never set it in production.
 
     step_error@20    the 20th batched model step raises RuntimeError (a failing kernel, a bad state row)
-    prefill_error@2  the 2nd prompt/notes chunk the model reads raises RuntimeError (every session's first
-                     chunk is at least its bos token, so @2 is the second session's prompt, say)
+    prefill_error@2  the 2nd read of prompt/notes chunks raises RuntimeError (one read takes one session's
+                     chunk, or several sessions' chunks of one length when the tick's budget allows)
     admit_oom@2      the 2nd admit raises torch.OutOfMemoryError after taking its slot (CUDA OOM, on any device)
 
 tests/reliability sets it on a real `sm1-server` to check that a fault fails only what it touched.

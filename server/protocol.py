@@ -207,6 +207,7 @@ class ModelInfo(BaseModel):
     state_floats: StateFloatsInfo
     state_bytes: int
     device: str
+    dtype: str = Field(description="the weights' dtype as served (SM1_WEIGHTS_DTYPE); the ssm state is float32")
     model_id: str = Field(description="digest of the weights: snapshots restore only where it matches")
     config: dict[str, Any]
     max_sessions: int

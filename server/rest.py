@@ -159,6 +159,7 @@ async def model_info(rt: RuntimeDep) -> ModelInfo:
         state_floats=StateFloatsInfo(ssm=floats.ssm, conv=floats.conv, total=floats.total),
         state_bytes=engine.state_bytes,
         device=str(engine.device),
+        dtype=str(ck.model.embedding.weight.dtype).removeprefix("torch."),
         model_id=engine.model_id,
         config=ck.config.to_dict(),
         max_sessions=engine.capacity,

@@ -38,12 +38,13 @@ class Runtime:
         if device.type == "cpu":
             torch.set_num_threads(settings.cpu_threads())
         ck = checkpoint or await asyncio.to_thread(load, settings.checkpoint, device)
+        ck.model.to(getattr(torch, settings.weights_dtype))  # the engine's pool takes the conv window's dtype from it
         engine = Engine(
             ck.model,
             ck.tokenizer,
             settings.max_sessions,
             prefill_chunk=settings.prefill_chunk,
-            prefill_budget=settings.prefill_budget,
+            prefill_budget=settings.prefill_tokens(device),
             cuda_graphs=settings.cuda_graphs,
             fused_step=settings.fused_step,
             snapshot_key=settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else None,

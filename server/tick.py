@@ -59,10 +59,10 @@ class TickLoop:
         t0 = time.perf_counter()
         try:
             generated = await self.worker.call(engine.tick, [s.es for s in ready])
-        except PrefillError as e:  # before the step: only the session being read is lost
-            log.exception("engine tick failed reading a session's input: ending that session")
+        except PrefillError as e:  # before the step: only the sessions being read are lost
+            log.exception("engine tick failed reading input: ending the %d session(s) being read", len(e.sessions))
             self.metrics.errors.labels("engine").inc()
-            reading = [s for s in hub.sessions.values() if s.es is e.session]
+            reading = [s for s in hub.sessions.values() if s.es in e.sessions]
             await hub.fail(reading, "the model failed while reading this session's input (the server logged why)")
             return
         except Exception:

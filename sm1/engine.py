@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import itertools
 import json
 import logging
 from collections import deque
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from sm1 import step_triton
-from sm1.batched_step import BatchedStep
+from sm1.batched_step import MIN_EAGER_ROWS, BatchedStep
 from sm1.blob import pack_blob, split_blob
 from sm1.events import NoteEvent
 from sm1.model import SM1
@@ -48,12 +49,12 @@ class EngineFull(RuntimeError):
 
 
 class PrefillError(RuntimeError):
-    """Reading one session's input (prompt or notes) failed: that session is in an unknown state and must be
-    ended; every other session is untouched (the failed chunk wrote nothing to the pool)."""
+    """Reading input (prompts or notes) failed: the sessions whose chunks were being read are in an unknown
+    state and must be ended; every other session is untouched (the failed read wrote nothing to the pool)."""
 
-    def __init__(self, session: EngineSession) -> None:
-        super().__init__("the model failed while reading a session's input")
-        self.session = session
+    def __init__(self, sessions: list[EngineSession]) -> None:
+        super().__init__(f"the model failed while reading the input of {len(sessions)} session(s)")
+        self.sessions = sessions
 
 
 class SnapshotError(ValueError):
@@ -345,27 +346,46 @@ class Engine:
         self.logits[slot].zero_()
 
     def _prefill(self, budget: int) -> None:
-        """Whole chunks, round robin, until `budget` tokens are read (the last chunk may overrun it). A chunk's
+        """Whole chunks, round robin, until `budget` tokens are read (the last read may overrun it). A chunk's
         length depends on the session's own input only, never on who else is waiting: the scan and the
-        matmuls of a prompt then add up in the same order every time, and so give the same bits."""
-        while self._prefilling and budget > 0:
-            s = next(iter(self._prefilling))
-            del self._prefilling[s]
-            n = min(len(s.pending), self.prefill_chunk)
-            chunk = torch.tensor([[s.pending.popleft() for _ in range(n)]], device=self.device)  # (1, n)
-            try:
-                self._read(s, chunk)
-            except Exception as e:
-                raise PrefillError(s) from e
-            budget -= n
-            if s.pending:
-                self._prefilling[s] = None  # to the back of the queue
+        matmuls of a prompt then add up in the same order every time, and so give the same bits.
 
-    def _read(self, s: EngineSession, chunk: Tensor) -> None:
-        """The model reads `chunk` (1, n) from the session's state; its slot and last logits move on."""
-        logits, state = self.model(chunk, self.pool.select([s.slot]))
-        self.pool.assign([s.slot], state)
-        self.logits[s.slot] = logits[0, -1]
+        Chunks of one length, MIN_EAGER_ROWS tokens or more, are read together in one forward: on a GPU a
+        forward is launch-bound, so 32 sessions' chunks cost about what one does (hundreds of streams starting
+        at once were otherwise minutes of one-chunk reads), and from that many rows on the CPU's matmuls give
+        each row the same bits whatever else is in the batch. Shorter chunks are read alone."""
+        while self._prefilling and budget > 0:
+            group = self._next_chunks(budget)
+            n = min(len(group[0].pending), self.prefill_chunk)
+            chunk = torch.tensor([[s.pending.popleft() for _ in range(n)] for s in group], device=self.device)
+            try:
+                self._read(group, chunk)
+            except Exception as e:
+                raise PrefillError(group) from e
+            budget -= n * len(group)
+            for s in group:
+                if s.pending:
+                    self._prefilling[s] = None  # to the back of the queue
+
+    def _next_chunks(self, budget: int) -> list[EngineSession]:
+        """The first waiting session and, if its chunk is long enough, the next ones whose chunks have the same
+        length, within `budget` tokens; taken off the queue."""
+        first = next(iter(self._prefilling))
+        n = min(len(first.pending), self.prefill_chunk)
+        group = [first]
+        if n >= MIN_EAGER_ROWS:
+            same = (s for s in self._prefilling if s is not first and min(len(s.pending), self.prefill_chunk) == n)
+            group += itertools.islice(same, max(0, budget // n - 1))
+        for s in group:
+            del self._prefilling[s]
+        return group
+
+    def _read(self, group: list[EngineSession], chunk: Tensor) -> None:
+        """The model reads `chunk` (k, n), row i from session i's state; their slots and last logits move on."""
+        slots = [s.slot for s in group]
+        logits, state = self.model(chunk, self.pool.select(slots))
+        self.pool.assign(slots, state)
+        self.logits[slots] = logits[:, -1]
 
     def _capture(self, s: EngineSession) -> _Mark:
         return _Mark(

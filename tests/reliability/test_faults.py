@@ -89,4 +89,4 @@ def test_a_prompt_the_model_fails_to_read_fails_only_its_request_and_the_server_
     seqs = [f["seq"] for _, f in frames if f["type"] == "events"]
     assert seqs == list(range(len(seqs)))  # the stream beside the failures lost nothing
     assert log.count("injected fault: the model failed reading a prompt") == 2
-    assert log.count("ending that session") == 2
+    assert log.count("ending the 1 session(s) being read") == 2

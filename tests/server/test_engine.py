@@ -62,9 +62,11 @@ def traced(engine, s, others, ticks, releases):
 
 
 @pytest.mark.parametrize("checkpoint", ["tiny", "shipped"])
-def test_a_session_gives_the_same_bits_whatever_else_runs(checkpoint, tiny_checkpoint, prompt):
+@pytest.mark.parametrize("budget", [32, 4096], ids=["chunks-alone", "chunks-together"])
+def test_a_session_gives_the_same_bits_whatever_else_runs(checkpoint, budget, tiny_checkpoint, prompt):
+    """With a budget of 4096 the crowd's 64-token chunks are read in one forward with the session's own."""
     ck = load(tiny_checkpoint if checkpoint == "tiny" else None)
-    engine = Engine(ck.model, ck.tokenizer, capacity=40, prefill_chunk=64, prefill_budget=32)
+    engine = Engine(ck.model, ck.tokenizer, capacity=40, prefill_chunk=64, prefill_budget=budget)
     params = SamplingParams(seed=3)
     s = engine.admit(prompt, params)
     alone = traced(engine, s, [], 150, {})
@@ -90,6 +92,19 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_getting_tokens(c
         assert produced == ([busy] if long.pending else [busy, long])
         ticks_to_prefill += 1
     assert ticks_to_prefill >= 2000 // 64
+
+
+def test_chunks_of_one_length_are_read_together_and_short_ones_alone(ck, prompt):
+    engine = Engine(ck.model, ck.tokenizer, capacity=8, prefill_chunk=64, prefill_budget=4096)
+    reads = []
+    read = engine._read
+    engine._read = lambda group, chunk: (reads.append(tuple(chunk.shape)), read(group, chunk))
+    for n in (200, 200, 200, 140, 10, 10):  # chunks 64 64 64 8 | 64 64 64 8 | 64 64 64 8 | 64 64 12 | 10 | 10
+        engine.admit(prompt[:n], SamplingParams(seed=n))
+    engine.tick([])
+    assert not engine.has_pending_input
+    # round robin: the first waiting session's chunk and every other of its length (16 or more), then the next
+    assert reads == [(4, 64), (1, 10), (1, 10), (4, 64), (3, 64), (1, 12), (1, 8), (1, 8), (1, 8)]
 
 
 def test_snapshot_restores_exactly_even_in_another_engine(ck, engine, prompt):

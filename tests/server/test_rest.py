@@ -5,7 +5,7 @@ import io
 
 import mido
 
-from tests.server.conftest import midi_bytes
+from tests.server.conftest import midi_bytes, start_server
 
 
 def test_generate_returns_a_midi_file_that_mido_reads(server):
@@ -84,6 +84,21 @@ def test_model_reports_its_size_and_state_floats(server):
     assert m["name"] == "tiny" and m["architecture"] == "sm1" and m["vocab_size"] == 443
     assert m["state_floats"] == {"ssm": 2 * 64 * 1, "conv": 2 * 64 * 3, "total": 2 * 64 * 4}
     assert m["state_bytes"] == 4 * m["state_floats"]["total"] and m["device"] == "cpu" and m["params"] > 0
+
+
+def test_a_bfloat16_server_says_so_and_repeats_a_seeded_clip(server, tiny_checkpoint, tmp_path):
+    bf16 = start_server(tiny_checkpoint, tmp_path / "server.log", weights_dtype="bfloat16")
+    try:
+        body = {"seed": 42, "temperature": 0.8, "length_beats": 24, "format": "json"}
+        with bf16.client() as http, server.client() as fp32:
+            m, m32 = http.get("/v1/model").json(), fp32.get("/v1/model").json()
+            a, b = http.post("/v1/generate", json=body).json(), http.post("/v1/generate", json=body).json()
+    finally:
+        bf16.stop()
+    assert m["dtype"] == "bfloat16" and m32["dtype"] == "float32"
+    assert m["model_id"] != m32["model_id"]  # other numerics: snapshots do not cross between the two
+    assert m["state_bytes"] == 4 * m["state_floats"]["ssm"] + 2 * m["state_floats"]["conv"]  # ssm stays fp32
+    assert a["events"] and a["events"] == b["events"]
 
 
 def test_session_lifecycle_create_snapshot_fork_delete(server):
