@@ -50,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--decode-steps", type=int, default=64, help="timed generation steps per context")
     p.add_argument("--compile", action="store_true", help="torch.compile the models for training")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batch order (the same for all three)")
     p.add_argument("--generation-only", action="store_true", help="skip training: time generation only")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -81,6 +82,7 @@ def run_configs(args, vocab_size: int) -> dict[str, TrainConfig]:
         data=args.data, d_model=args.d_model, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=steps,
         warmup_steps=max(1, steps // 20), lr=args.lr, min_lr=args.lr / 10, eval_every=max(1, steps // args.evals),
         eval_tokens=500_000, device=args.device, compile=args.compile, max_minutes=args.max_minutes_per_model,
+        seed=args.seed,
     )  # fmt: skip
     base = TrainConfig(**common, model="sm1", n_layer=args.n_layer, d_state=1, out=args.out / "sm1-d1")
     target = sum(p.numel() for p in build_model(base, vocab_size).parameters())
