@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The GPU figures still owed (issues 4, 5, 8), in one run on one GPU machine, each step bounded in time:
+# The GPU figures of benchmarks/RESULTS.md (issues 4, 5, 8), on one GPU machine, each step bounded in time:
 #   bash scripts/gpu_benchmarks.sh OUT_DIR [MAMBA_SRC]
 # OUT_DIR gets one folder per benchmark (JSON, logs); copy the tables into benchmarks/RESULTS.md from them.
-# MAMBA_SRC: an unpacked mamba-ssm source tree, for its Triton selective_state_update beside ours.
-# Needs the project's Python dependencies importable (pip install -e . where the machine can reach PyPI).
+# MAMBA_SRC: an unpacked mamba-ssm source tree (its sdist): its Triton state update beside our decode step, and
+# its CUDA scan (built here for sm_90, scripts/build_mamba_scan.py) beside our fused layer.
+# Needs the project's Python dependencies importable (pip install -e . where the machine can reach PyPI) and the
+# data shards in data/music21 for the model comparison. About 25 minutes in all; the GPU calls of 2026-11-23 ran
+# these steps in four parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/gpu_benchmarks.sh OUT_DIR [MAMBA_SRC]}
@@ -19,8 +22,20 @@ step() {  # name, seconds, command...: one benchmark; its failure is logged and 
     echo "   exit $? ($(tail -n 1 "$OUT/$name.log"))"
 }
 
-step decode 180 python benchmarks/decode.py --out "$OUT/decode" ${MAMBA:+--mamba-src "$MAMBA"}
-step serve-load 240 python benchmarks/serve_load.py --device cuda --sessions 1,64,256,1024,2048 --seconds 15 \
+if [ -n "$MAMBA" ]; then
+    TORCH_CUDA_ARCH_LIST=9.0 step mamba-build 420 python scripts/build_mamba_scan.py "$MAMBA" "$OUT/mamba-build"
+    export PYTHONPATH="$OUT/mamba-build:${PYTHONPATH:-}"
+fi
+step gpu-tests 300 python -m pytest -q -p no:cacheprovider tests/model/test_selective_scan_triton.py \
+    tests/model/test_step_triton.py
+step decode 240 python benchmarks/decode.py --out "$OUT/decode" ${MAMBA:+--mamba-src "$MAMBA"}
+step decode-fp32 120 python benchmarks/decode.py --dtype fp32 --contexts '' --out "$OUT/decode-fp32"
+step layer 240 python benchmarks/layer.py --out "$OUT/layer" ${MAMBA:+--mamba-src "$MAMBA"}
+step serve-load 300 python benchmarks/serve_load.py --device cuda --sessions 64,128,256,512,1024 --seconds 15 \
     --settle 5 --capacity 0 --client-procs 8 --out "$OUT/serve-load"
 step generation 120 python benchmarks/compare_models.py --data data/music21 --generation-only --device cuda \
     --out "$OUT/compare-generation"
+for seed in 0 1; do
+    step "compare-seed$seed" 240 python benchmarks/compare_models.py --data data/music21 --out "$OUT/compare-seed$seed" \
+        --tokens 6000000 --max-minutes-per-model 0.7 --evals 4 --seed $seed
+done
