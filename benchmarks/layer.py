@@ -229,7 +229,8 @@ KNOBS = ("BLOCK_E", "NUM_WARPS", "BLOCK_E_TILE", "NUM_WARPS_TILE", "MAX_CHUNK")
 
 
 def sweep_fused(d_model: int, bsz: int, length: int, device, reps: int) -> list[dict]:
-    """The fused layer's forward+backward over the kernels' launch sizes (to choose the defaults)."""
+    """The fused layer's forward+backward over the kernels' launch sizes (to choose the defaults), each setting
+    also checked in fp32 against the current path (a launch size must never change the result)."""
     defaults = [getattr(selective_scan_triton, k) for k in KNOBS]
     rows = []
     for d_state in (1, 16):
@@ -237,13 +238,19 @@ def sweep_fused(d_model: int, bsz: int, length: int, device, reps: int) -> list[
         block = MambaBlock(SM1Config(vocab_size=VOCAB, d_model=d_model, d_state=d_state)).to(device)
         u = torch.randn(bsz, length, d_model, device=device, requires_grad=True)
         gy = torch.randn(bsz, length, d_model, device=device)
+        with layer_path("current"):
+            ref = [t.double() for t in layer_outputs(block, u, gy, device, bf16=False)]
         for setting in SWEEP:
             for k, v in zip(KNOBS, setting, strict=True):
                 setattr(selective_scan_triton, k, v)
             with layer_path("fused"):
+                got = layer_outputs(block, u, gy, device, bf16=False)
+                err = max(rel_err(g, r) for g, r in zip(got, ref, strict=True))
                 ms = time_ms(functools.partial(layer_fwd_bwd, block, u, gy, device), device.type, reps)
-            rows.append({"d_state": d_state, **dict(zip(KNOBS, setting, strict=True)), "fwd_bwd_ms": ms})
+            row = {"d_state": d_state, **dict(zip(KNOBS, setting, strict=True)), "fwd_bwd_ms": ms}
+            rows.append(row | {"max rel_err fp32": err})
             print(json.dumps(rows[-1]), flush=True)
+        del ref
     for k, v in zip(KNOBS, defaults, strict=True):
         setattr(selective_scan_triton, k, v)
     return rows
@@ -268,6 +275,7 @@ def main() -> None:
     p.add_argument("--train-seq-len", type=int, default=2048)
     p.add_argument("--train-steps", type=int, default=5, help="timed steps after 2 warm-up steps")
     p.add_argument("--sweep", action="store_true", help="also time the fused kernels' launch sizes")
+    p.add_argument("--sweep-only", action="store_true", help="only the launch-size sweep (a short GPU call)")
     p.add_argument("--mamba-src", type=Path, help="a mamba-ssm source tree with selective_scan_cuda built in place")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/layer"))
     if p.parse_known_args()[0].quick:  # the small shapes become the defaults: the size flags still apply
@@ -288,6 +296,10 @@ def main() -> None:
     }  # fmt: skip
     print(f"{result['machine']}, torch {torch.__version__}, {result['date']}; paths {paths}; mamba-ssm {mamba_status}")
 
+    if args.sweep_only:
+        result["sweep"] = sweep_fused(args.d_model, args.batch, args.seq_len, device, args.reps)
+        print_table("Fused layer fwd+bwd over launch sizes", result["sweep"])
+        return write(result, args.out)
     result["layer"] = bench_layer(args.d_model, args.batch, args.seq_len, device, args.reps, paths, mamba_fn)
     print_table(f"Mamba layer fwd+bwd, d_model,B,T={args.d_model},{args.batch},{args.seq_len}, bf16 autocast (CUDA "
                 "only); rel_err against the current path in fp32", result["layer"])  # fmt: skip
@@ -314,10 +326,14 @@ def main() -> None:
     print_table(f"Training d_model={args.d_model} x {args.train_layers} layers, d_state=1, AdamW, bf16 autocast, "
                 f"{args.train_steps} timed steps", result["training"])  # fmt: skip
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "layer.json").write_text(json.dumps(result, indent=2) + "\n")
+    write(result, args.out)
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "layer.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['machine']}, torch {torch.__version__}, {result['date']}: {result['command']}")
-    print(f"wrote {args.out / 'layer.json'}")
+    print(f"wrote {out / 'layer.json'}")
 
 
 if __name__ == "__main__":
