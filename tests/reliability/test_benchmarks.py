@@ -38,3 +38,12 @@ def test_the_decode_benchmark_runs_its_cpu_paths_and_the_gpt_beside_them(tmp_pat
     assert all(row["max_abs_diff_vs_fp32"] < 1e-4 and row["ms_per_step"] > 0 and row["x_floor"] >= 1 for row in eager)
     [gpt] = r["gpt"]
     assert gpt["context"] == 256 and gpt["ms_per_token"] > 0 and gpt["cache_mb_per_session"] > 0
+
+
+def test_the_tick_overhead_benchmark_splits_a_tick_into_its_parts(tmp_path):
+    r = bench("tick_overhead", tmp_path, "--sessions", "16,32", "--ticks", "3")
+    assert [row["sessions"] for row in r["rows"]] == [16, 32]
+    for row in r["rows"]:
+        assert row["tick_ms"] > row["model_step_ms"] > 0 and row["us_per_session_outside_the_step"] > 0
+        shares = row["shares_of_profiled_time"]
+        assert all(0 < v < 1 for v in shares.values()) and sum(shares.values()) < 1.0
