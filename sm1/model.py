@@ -101,10 +101,10 @@ class MambaBlock(nn.Module):
         dt, B, C = self.x_proj(x).split([R, N, N], dim=-1)
         return self.dt_proj(dt), B, C
 
-    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """From the conv output x (..., E): dt (..., E), B (..., N), C (..., N), all fp32."""
-        dt, B, C = self._projections(x)
-        return F.softplus(dt.float()), B.float(), C.float()
+    @staticmethod
+    def _ssm_inputs(dt_raw: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From `_projections`: dt = softplus(dt_raw), B and C, all fp32 (the pure path's inputs to the scan)."""
+        return F.softplus(dt_raw.float()), B.float(), C.float()
 
     def forward(self, u: Tensor, ssm: Tensor, conv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """u (B, T, d_model); ssm (B, E, N) and conv (B, d_conv-1, E) entering. Returns y and both states."""
@@ -120,7 +120,7 @@ class MambaBlock(nn.Module):
         if _fused_layer(x):
             y, h_last = selective_scan_triton.selective_scan_triton(x, dt_raw, A, B, C, self.D, z, ssm)
             return self.out_proj(y), h_last, new_conv
-        dt, B, C = F.softplus(dt_raw.float()), B.float(), C.float()
+        dt, B, C = self._ssm_inputs(dt_raw, B, C)
         log_a = dt.unsqueeze(-1) * A  # (B, T, E, N)
         b = (dt * x.float()).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, E, N)
         h = scan(log_a.view(Bsz, T, E * N), b.view(Bsz, T, E * N), ssm.reshape(Bsz, E * N)).view(Bsz, T, E, N)
@@ -135,7 +135,7 @@ class MambaBlock(nn.Module):
         weight = self.conv1d.weight[:, 0].T.contiguous()  # (d_conv, E): contiguous rows make the product 2x faster
         x = (x_win.to(x.dtype) * weight).sum(1) + self.conv1d.bias  # (B, E)
         x = F.silu(x)
-        dt, B, C = self._ssm_inputs(x)  # (B, E), (B, N), (B, N)
+        dt, B, C = self._ssm_inputs(*self._projections(x))  # (B, E), (B, N), (B, N)
         A = -torch.exp(self.A_log.float())  # (E, N)
         h = torch.exp(dt.unsqueeze(-1) * A) * ssm + (dt * x.float()).unsqueeze(-1) * B.unsqueeze(1)  # (B, E, N)
         y = (h * C.unsqueeze(1)).sum(-1) + self.D * x.float()  # (B, E)
