@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: one per core but one")
     weights_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="the weights' dtype when serving: bfloat16 takes about half the step time on CPUs with AMX "
-        "(logits move by about 0.1, as on a GPU in bf16); the ssm state stays float32",
+        description="the weights' dtype when serving: bfloat16 cut p99 lateness on an AMX CPU in serve_load "
+        "(benchmarks/RESULTS.md; logits move by about 0.1, as on a GPU in bf16); the ssm state stays float32",
     )
     cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")
     fused_step: bool = Field(
