@@ -6,11 +6,13 @@ own seed), lets them play for --seconds, and reports:
 
   tokens/s      sampled by the server in total over the window (Prometheus counter sm1_tokens_total)
   batch mean    sessions per batched step (ticks that stepped nobody, prefill only, are not counted)
-  engine busy   share of the window the engine spent in ticks (1.0: the engine thread is the limit)
+  engine busy   share of the window the engine spent in ticks (1.0: the engine thread is the limit), summed
+                over the workers with --set workers=N (N: every worker's engine always busy)
   tick p50/p99  time of one engine tick (prefill + batched step + sampling), from /healthz over the window
-  late p50/p99/max  how late a note left the server after its due time minus the lookahead (/healthz)
+  late p50/p99/max  how late a note left the server after its due time minus the lookahead (/healthz; with
+                several workers, the largest worker's p50 and p99: an upper bound of the server's)
   lost          events frames missing or out of order in the clients' `seq` numbers (must be 0)
-  RSS           the server process's resident memory at the end of the level
+  RSS           the server's resident memory (its workers' included) at the end of the level
   max tok/s     (--capacity) the same N sessions with realtime false: what the server sustains flat out
 
 A level is "real time" when nothing is lost and p99 lateness is under 50 ms. One command:
@@ -73,7 +75,7 @@ class Server:
                 ["sm1-server", "--log-level", "info"], env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO
             )
         deadline = time.monotonic() + 300
-        while not (m := re.search(r"Uvicorn running on http://[\d.]+:(\d+)", log.read_text())):
+        while not (m := re.search(r"(?:Uvicorn running on|workers serving on) http://[\d.]+:(\d+)", log.read_text())):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"sm1-server did not start:\n{log.read_text()}")
             time.sleep(0.2)
@@ -88,11 +90,14 @@ class Server:
         return {k: float(re.search(rf"^{v} (\S+)$", text, re.M).group(1)) for k, v in names.items()}
 
     def rss_mb(self) -> float | None:
+        """The server's resident memory, its workers' included (--set workers=N)."""
+        pid = self.process.pid
         try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            status = [Path(f"/proc/{p}/status").read_text() for p in [pid, *children]]
         except OSError:
             return None
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        return sum(int(re.search(r"VmRSS:\s+(\d+) kB", st).group(1)) for st in status) / 1024
 
     def stop(self) -> None:
         self.process.terminate()

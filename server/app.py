@@ -7,10 +7,11 @@ routes reach it through `request.app.state.runtime`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+import httpx
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -19,7 +20,8 @@ from starlette.websockets import WebSocket
 
 from server import rest
 from server.auth import key_ok
-from server.errors import ApiError, InvalidRequest
+from server.errors import ApiError, InvalidRequest, UnknownSession
+from server.peers import Peers
 from server.protocol import CloseCode, ErrorCode, describe_errors, error_frame
 from server.runtime import Runtime
 from server.settings import Settings
@@ -60,12 +62,36 @@ async def _internal_error(request: Request, e: Exception) -> JSONResponse:
     return JSONResponse({"code": ErrorCode.INTERNAL, "message": "the server failed (it logged why)"}, status_code=500)
 
 
-def create_app(settings: Settings | None = None, checkpoint: LoadedCheckpoint | None = None) -> FastAPI:
+async def _to_owner(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """A worker of several: a call for another worker's session is passed on to it (server/peers.py); every
+    answer says which worker gave it."""
+    rt: Runtime = request.app.state.runtime
+    peers = rt.peers
+    assert peers is not None
+    if (owner := peers.owner_of_path(request.url.path)) is None:
+        response = await call_next(request)
+        response.headers["X-SM1-Worker"] = str(peers.index)
+        return response
+    try:
+        body = await rest.read_body(request, rt.settings.max_body_bytes) if request.method == "POST" else b""
+        return await peers.forward(request, owner, body)
+    except ApiError as e:
+        return await _api_error(request, e)
+    except httpx.TransportError as e:
+        log.warning("%s %s: worker %d does not answer (%s)", request.method, request.url.path, owner, e)
+        gone = UnknownSession(f"the worker that held this session is not running (its sessions are lost): {e}")
+        return await _api_error(request, gone)
+
+
+def create_app(
+    settings: Settings | None = None, checkpoint: LoadedCheckpoint | None = None, peers: Peers | None = None
+) -> FastAPI:
+    """`peers`: this app is one worker of several (server/workers.py)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = await Runtime.start(settings, checkpoint)
+        app.state.runtime = await Runtime.start(settings, checkpoint, peers)
         try:
             yield
         finally:
@@ -79,13 +105,15 @@ def create_app(settings: Settings | None = None, checkpoint: LoadedCheckpoint | 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    if peers is not None:  # inside CORS, so that a passed-on answer gets its headers too
+        app.middleware("http")(_to_owner)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-SM1-Seed", "X-SM1-Tokens", "X-SM1-Token-Index"],
+            expose_headers=["X-SM1-Seed", "X-SM1-Tokens", "X-SM1-Token-Index", "X-SM1-Worker"],
         )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)

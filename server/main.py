@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -19,7 +20,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.app import create_app
+from server.peers import Peers
 from server.settings import Settings
+from server.workers import run_workers
 from sm1.checkpoint import CheckpointError, load, resolve_default
 
 log = logging.getLogger("sm1.server")
@@ -59,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--max-sessions", type=int, dest="max_sessions", help="session slots (default 256)")
+    p.add_argument("--max-sessions", type=int, dest="max_sessions", help="session slots (default 256; per worker)")
+    p.add_argument("--workers", type=int, help="server processes on the port and device (default 1)")
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
@@ -72,11 +76,22 @@ def main(argv: list[str] | None = None) -> None:
             settings.checkpoint = resolve_default()
         except CheckpointError as e:
             sys.exit(f"sm1-server: {e}; pass --checkpoint DIR (or SM1_CHECKPOINT), or train one (README)")
+    if settings.workers > 1:
+        try:  # here too, so that a bad checkpoint is one line and exit 1, not one traceback per worker
+            load(settings.checkpoint, "cpu")
+        except CheckpointError as e:
+            sys.exit(f"sm1-server: cannot load the checkpoint: {e}")
+        return run_workers(settings)
+    serve(settings)
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None, peers: Peers | None = None) -> None:
+    """One server process: on settings' host and port, or on `sockets` (a worker of several: server/workers.py)."""
     try:  # before uvicorn, so that a bad checkpoint is one line and exit 1, not a lifespan traceback
         checkpoint = load(settings.checkpoint, settings.torch_device())
     except CheckpointError as e:
         sys.exit(f"sm1-server: cannot load the checkpoint: {e}")
-    app = create_app(settings, checkpoint)
+    app = create_app(settings, checkpoint, peers)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
     )
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it drained for
-        DrainingServer(config, app, settings).run()
+        DrainingServer(config, app, settings).run(sockets=sockets)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """What the server measures: Prometheus metrics (GET /metrics) and exact recent quantiles (GET /healthz).
 
-Each app has its own registry, so several apps (tests) never share counters.
+Each app has its own registry, so several apps (tests) never share counters. Several workers (server/workers.py)
+write theirs to files in PROMETHEUS_MULTIPROC_DIR, and any of them renders the sums: counters and histograms
+add up, the gauges are the live workers' sum.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 
 class Recent:
@@ -38,10 +41,15 @@ class Recent:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.sessions = Gauge("sm1_sessions", "Sessions holding a slot of the pool", registry=r)
-        self.connections = Gauge("sm1_stream_connections", "Open WebSocket connections", registry=r)
+        live = "livesum"  # with several workers: the sum over the running ones
+        self.sessions = Gauge("sm1_sessions", "Sessions holding a slot of the pool", registry=r, multiprocess_mode=live)
+        self.connections = Gauge(
+            "sm1_stream_connections", "Open WebSocket connections", registry=r, multiprocess_mode=live
+        )
         self.tokens = Counter("sm1_tokens", "Tokens sampled", registry=r)
-        self.tokens_per_second = Gauge("sm1_tokens_per_second", "Tokens sampled over the last second", registry=r)
+        self.tokens_per_second = Gauge(
+            "sm1_tokens_per_second", "Tokens sampled over the last second", registry=r, multiprocess_mode=live
+        )
         self.events = Counter("sm1_events", "Note events sent to clients", registry=r)
         self.tick_seconds = Histogram(
             "sm1_tick_seconds",
@@ -90,4 +98,8 @@ class Metrics:
 
     def render(self) -> bytes:
         self._roll()
-        return generate_latest(self.registry)
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker)
+        return generate_latest(every_worker)

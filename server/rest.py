@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Annotated, Any
+import os
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -224,9 +225,13 @@ async def metrics(rt: RuntimeDep) -> Response:
 
 
 @open_router.get("/healthz", summary="Liveness, load, and tick time and lateness quantiles (ms) of the last window_s")
-async def healthz(rt: RuntimeDep, window_s: float = Query(60.0, gt=0, le=3600)) -> JSONResponse:
+async def healthz(
+    rt: RuntimeDep,
+    window_s: float = Query(60.0, gt=0, le=3600),
+    scope: Literal["server", "worker"] = Query("server", description="with several workers: all, or this one"),
+) -> JSONResponse:
     hub, m = rt.hub, rt.metrics
-    body = {
+    body: dict[str, Any] = {
         "status": "ok" if hub.accepting else "draining",
         "sessions": len(hub.sessions),
         "capacity": rt.engine.capacity,
@@ -236,4 +241,8 @@ async def healthz(rt: RuntimeDep, window_s: float = Query(60.0, gt=0, le=3600)) 
         "tick_ms": m.recent_ticks.summary(window_s),
         "lateness_ms": m.recent_lateness.summary(window_s),
     }
-    return JSONResponse(body, status_code=200 if hub.accepting else 503)
+    if rt.peers is not None:
+        body |= {"worker": rt.peers.index, "pid": os.getpid()}
+        if scope == "server":
+            body = rt.peers.combine(body, await rt.peers.health(window_s))
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)

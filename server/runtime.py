@@ -11,6 +11,7 @@ import torch
 
 from server import faults
 from server.metrics import Metrics
+from server.peers import Peers
 from server.sessions import EngineWorker, SessionHub
 from server.settings import Settings
 from server.tick import TickLoop
@@ -29,10 +30,13 @@ class Runtime:
     metrics: Metrics
     tick: TickLoop
     hub: SessionHub
+    peers: Peers | None = None  # the other workers, if there are any (server/peers.py)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, settings: Settings, checkpoint: LoadedCheckpoint | None = None) -> Runtime:
+    async def start(
+        cls, settings: Settings, checkpoint: LoadedCheckpoint | None = None, peers: Peers | None = None
+    ) -> Runtime:
         """`checkpoint`: already loaded on settings' device (sm1-server loads it first, to fail in one line)."""
         device = settings.torch_device()
         if device.type == "cpu":
@@ -52,8 +56,8 @@ class Runtime:
         faults.install(engine, settings.inject_faults)
         worker, metrics = EngineWorker(engine), Metrics()
         tick = TickLoop(worker, metrics, settings.batch_window_s)
-        hub = SessionHub(worker, ck.name, settings, metrics, tick.wake)
-        rt = cls(settings, ck, engine, worker, metrics, tick, hub)
+        hub = SessionHub(worker, ck.name, settings, metrics, tick.wake, peers.id_prefix if peers else "")
+        rt = cls(settings, ck, engine, worker, metrics, tick, hub, peers)
         rt.tasks = [asyncio.create_task(tick.run(hub)), asyncio.create_task(hub.reap_idle())]
         floats = engine.state_floats
         log.info(
@@ -70,3 +74,5 @@ class Runtime:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.to_thread(self.worker.close)
+        if self.peers is not None:
+            await self.peers.close()

@@ -178,9 +178,17 @@ class LiveSession:
 
 class SessionHub:
     def __init__(
-        self, worker: EngineWorker, model_name: str, settings: Settings, metrics: Metrics, wake: Callable[[], None]
+        self,
+        worker: EngineWorker,
+        model_name: str,
+        settings: Settings,
+        metrics: Metrics,
+        wake: Callable[[], None],
+        id_prefix: str = "",
     ) -> None:
+        """`id_prefix`: starts every session id (a worker of several: which one holds the session)."""
         self.worker, self.engine = worker, worker.engine
+        self.id_prefix = id_prefix
         self.model_name, self.settings, self.metrics, self.wake = model_name, settings, metrics, wake
         self.sessions: dict[str, LiveSession] = {}
         self.connections: set[Attachable] = set()  # for the drain on shutdown
@@ -288,7 +296,7 @@ class SessionHub:
     def _register(self, es: EngineSession, pacing: Pacing, owner: Owner) -> LiveSession:
         """Its clock stands still until a connection attaches (a REST session may wait minutes for one)."""
         pacing.pause(time.monotonic())
-        ls = LiveSession(id=secrets.token_urlsafe(12), es=es, pacing=pacing, owner=owner)
+        ls = LiveSession(id=self.id_prefix + secrets.token_urlsafe(12), es=es, pacing=pacing, owner=owner)
         self.sessions[ls.id] = ls
         self.metrics.sessions.set(len(self.sessions))
         return ls

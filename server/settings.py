@@ -18,7 +18,13 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    max_sessions: int = Field(256, ge=1, description="session slots in the pool (streams, REST sessions, clips)")
+    max_sessions: int = Field(
+        256, ge=1, description="session slots in the pool (streams, REST sessions, clips); with workers, per worker"
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes sharing the port and the device (Linux, macOS): past a few "
+        "hundred dense streams, one process's Python is the limit (server/workers.py)"
+    )
     max_prompt_bytes: int = Field(1 << 20, ge=1, description="largest prompt MIDI file")
     max_prompt_tokens: int = Field(32_768, ge=1, description="largest prompt after tokenizing")
     max_clip_beats: float = Field(1024.0, gt=0, description="longest clip POST /v1/generate writes")
@@ -84,13 +90,13 @@ class Settings(BaseSettings):
         return torch.device(self.device)
 
     def cpu_threads(self) -> int:
-        """One core is left to the event loop (sockets, JSON, sampling glue): on a small machine an extra
-        torch thread that competes with it costs more than it gives (2 cores: 2 threads ran the batched
-        step 2-6x slower than 1 when the machine had other work)."""
+        """A worker's share of the cores, one of them left to its event loop (sockets, JSON, sampling glue):
+        on a small machine an extra torch thread that competes with it costs more than it gives (2 cores: 2
+        threads ran the batched step 2-6x slower than 1 when the machine had other work)."""
         if self.torch_threads:
             return self.torch_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores - 1)
+        return max(1, cores // self.workers - 1)
 
     def prefill_tokens(self, device: torch.device) -> int:
         """prefill_budget, or its default for `device`."""

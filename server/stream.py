@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import websockets
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -72,6 +74,7 @@ class StreamConnection:
         self.task: asyncio.Task | None = None
         self.closing = False
         self.client_gone = False
+        self.relay_to: tuple[int, str] | None = None  # (worker, start frame): another worker holds the session
         client = ws.client
         self.peer = f"{client.host}:{client.port}" if client else "?"
 
@@ -83,7 +86,10 @@ class StreamConnection:
         receiver = asyncio.create_task(self._receive_loop())
         try:
             done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if receiver in done and not self.client_gone:
+            if self.relay_to is not None:
+                sender.cancel()
+                await self._relay(*self.relay_to)
+            elif receiver in done and not self.client_gone:
                 await asyncio.wait({sender}, timeout=self.settings.send_timeout_s)  # flush, then the close
         finally:
             for t in (sender, receiver):
@@ -174,6 +180,8 @@ class StreamConnection:
                 self.fail(CloseCode.POLICY, ErrorCode.TOO_MANY_MESSAGES, f"more than {rate:g} messages a second")
             else:
                 await self._handle(text)
+                if self.relay_to is not None:
+                    return
 
     async def _handle(self, text: str) -> None:
         try:
@@ -188,6 +196,11 @@ class StreamConnection:
             return self.error(*_describe(e, data))  # the first loc of each error is the message type
         if msg.type != "start" and self.session is None:
             return self.error(ErrorCode.NOT_STARTED, f"send 'start' before '{msg.type}'")
+        peers = self.rt.peers
+        owner = peers.owner(msg.session) if peers and msg.type == "start" and msg.session else None
+        if owner is not None and self.session is None:
+            self.relay_to = (owner, text)  # serve() hands the connection over
+            return
         try:
             await getattr(self, f"_on_{msg.type}")(msg)
         except ServerFull as e:
@@ -202,6 +215,19 @@ class StreamConnection:
         except Exception:
             log.exception("stream %s: %s failed", self.peer, msg.type)
             self.error(ErrorCode.INTERNAL, f"'{msg.type}' failed on the server (it logged why)")
+
+    async def _relay(self, worker: int, start: str) -> None:
+        """The session is another worker's: from here on this connection is a pipe to it (server/peers.py)."""
+        assert self.rt.peers is not None
+        log.info("stream %s: relayed to worker %d, which holds the session", self.peer, worker)
+        try:
+            await self.rt.peers.relay(self.ws, worker, start)
+        except (OSError, websockets.exceptions.WebSocketException) as e:
+            log.warning("stream %s: worker %d does not answer (%s)", self.peer, worker, e)
+            message = "the worker that held this session is not running (its sessions are lost)"
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await self.ws.send_json(error_frame(ErrorCode.UNKNOWN_SESSION, message))
+                await self.ws.close(CloseCode.INTERNAL, "session lost")
 
     # ---- messages -------------------------------------------------------------------------------------
     async def _on_start(self, msg: StartMessage) -> None:

@@ -63,7 +63,7 @@ def start_server(checkpoint: Path, log: Path, **settings) -> Server:
         process = subprocess.Popen(["sm1-server"], env=env, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log.read_text())
+        found = re.search(r"(?:Uvicorn running on|workers serving on) http://127\.0\.0\.1:(\d+)", log.read_text())
         if found:
             return Server(process, int(found.group(1)), log, settings.get("api_key"))
         if process.poll() is not None:
