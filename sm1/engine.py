@@ -33,7 +33,7 @@ from sm1.batched_step import MIN_EAGER_ROWS, BatchedStep
 from sm1.blob import pack_blob, split_blob
 from sm1.events import NoteEvent
 from sm1.model import SM1
-from sm1.sampling import SamplingParams, SessionSampler, VocabMasks, sample
+from sm1.sampling import SamplingParams, SessionSampler, VocabMasks, sample, to_device
 from sm1.state import SM1State, StateFormatError, config_fingerprint, state_floats
 from sm1.tokenizer import StreamDecoder, Tokenizer
 
@@ -296,15 +296,15 @@ class Engine:
         ready = sorted((s for s in sessions if s.slot is not None and not s.pending), key=lambda s: s.slot)
         if not ready:
             return []
-        slots = torch.tensor([s.slot for s in ready], device=self.device)  # (B,)
+        slots = to_device(torch.tensor([s.slot for s in ready]), self.device)  # (B,)
         first, last = ready[0].slot, ready[-1].slot
         rows = slice(first, last + 1) if last - first + 1 == len(ready) else None  # the usual case when busy
         tokens = sample(
             self.logits[rows] if rows is not None else self.logits.index_select(0, slots),
-            temperature=torch.tensor([s.params.temperature for s in ready], device=self.device),
-            top_k=torch.tensor([s.params.top_k for s in ready], device=self.device),
-            top_p=torch.tensor([s.params.top_p for s in ready], device=self.device),
-            uniforms=torch.tensor([s.sampler.uniform() for s in ready], dtype=torch.float64).to(self.device),
+            temperature=torch.tensor([s.params.temperature for s in ready]),
+            top_k=torch.tensor([s.params.top_k for s in ready]),
+            top_p=torch.tensor([s.params.top_p for s in ready]),
+            uniforms=torch.tensor([s.sampler.uniform() for s in ready], dtype=torch.float64),
             allowed=torch.stack([s.sampler.allowed(s.decoder) for s in ready]),
         )
         logits = self._step(tokens, slots, rows)
@@ -357,7 +357,7 @@ class Engine:
         while self._prefilling and budget > 0:
             group = self._next_chunks(budget)
             n = min(len(group[0].pending), self.prefill_chunk)
-            chunk = torch.tensor([[s.pending.popleft() for _ in range(n)] for s in group], device=self.device)
+            chunk = to_device(torch.tensor([[s.pending.popleft() for _ in range(n)] for s in group]), self.device)
             try:
                 self._read(group, chunk)
             except Exception as e:

@@ -250,30 +250,45 @@ class SessionSampler:
         self.expect = d["expect"]
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor on `device` without waiting: a copy from pageable memory first waits for every
+    kernel queued before it, and with several processes sharing a GPU each such wait can last a time slice."""
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def sample(
     logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, uniforms: Tensor, allowed: Tensor
 ) -> Tensor:
     """One token per row.
 
-    logits (B, V) float; temperature, top_p (B,) float; top_k (B,) int64 (0 = off); uniforms (B,) float64
-    in [0, 1); allowed (B, V) bool. Returns (B,) int64.
+    logits (B, V) float and allowed (B, V) bool on the device; the rows' params on the CPU: temperature,
+    top_p (B,) float, top_k (B,) int64 (0 = off), uniforms (B,) float64 in [0, 1). Which rows filter, and
+    how many tokens top-k keeps, is decided on the CPU, so on a GPU nothing here waits for the device (the
+    caller's read of the tokens is a tick's one wait). Returns (B,) int64 on the device.
     """
-    V = logits.shape[1]
+    device, V = logits.device, logits.shape[1]
+    greedy = temperature <= 0
+    k_rows = ((top_k > 0) & (top_k < V) & ~greedy).nonzero().squeeze(1)
+    p_rows = ((top_p < 1.0) & ~greedy).nonzero().squeeze(1)
+    k = top_k[k_rows]
+    k_max = int(k.max()) if len(k_rows) else 0
+    divisor = torch.where(greedy, 1.0, temperature)
+    divisor, top_p, uniforms, greedy, k_rows, p_rows, k = (
+        to_device(t, device) for t in (divisor, top_p, uniforms, greedy, k_rows, p_rows, k)
+    )
+
     allowed = allowed | ~allowed.any(dim=1, keepdim=True)  # a mask never empties a row
     x = logits.float().masked_fill(~allowed, float("-inf"))
-    greedy = temperature <= 0
-    x = x / torch.where(greedy, 1.0, temperature).unsqueeze(1)
+    x = x / divisor.unsqueeze(1)
     keep = allowed.clone()
-
-    k_rows = ((top_k > 0) & (top_k < V) & ~greedy).nonzero().squeeze(1)
-    if len(k_rows):
+    if k_max:
         # the k-th largest value of each row is the same whatever k_max is: rows stay independent
-        k = top_k[k_rows]
-        kth = x[k_rows].topk(int(k.max()), dim=1).values.gather(1, (k - 1).unsqueeze(1))  # (b, 1)
+        kth = x[k_rows].topk(k_max, dim=1).values.gather(1, (k - 1).unsqueeze(1))  # (b, 1)
         keep[k_rows] &= x[k_rows] >= kth
 
     probs = x.masked_fill(~keep, float("-inf")).softmax(dim=1)  # (B, V)
-    p_rows = ((top_p < 1.0) & ~greedy).nonzero().squeeze(1)
     if len(p_rows):
         # smallest set of most likely tokens whose mass reaches top_p; ties at the edge are all kept
         sorted_p = probs[p_rows].sort(dim=1, descending=True).values  # (b, V)
