@@ -92,7 +92,6 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None, peers:
     except CheckpointError as e:
         sys.exit(f"sm1-server: cannot load the checkpoint: {e}")
     app = create_app(settings, checkpoint, peers)
-    sys.setswitchinterval(settings.gil_switch_interval_s)
     config = uvicorn.Config(
         app,
         host=settings.host,

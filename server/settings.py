@@ -69,14 +69,6 @@ class Settings(BaseSettings):
         description="the weights' dtype when serving: bfloat16 cut p99 lateness on an AMX CPU in serve_load "
         "(benchmarks/RESULTS.md; logits move by about 0.1, as on a GPU in bf16); the ssm state stays float32",
     )
-    gil_switch_interval_s: float = Field(
-        0.0005,
-        gt=0,
-        le=0.1,
-        description="how long a thread may hold Python's GIL while another waits for it (Python's default: "
-        "0.005): the engine thread gives the GIL up at every torch call and then waits this long to get it back "
-        "from a busy event loop",
-    )
     cuda_graphs: bool = Field(True, description="capture the batched step in CUDA graphs (CUDA only)")
     fused_step: bool = Field(
         True, description="the Triton decode step (CUDA only; checked against the eager step at start-up)"
