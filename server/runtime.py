@@ -58,7 +58,7 @@ class Runtime:
         tick = TickLoop(worker, metrics, settings.batch_window_s)
         hub = SessionHub(worker, ck.name, settings, metrics, tick.wake, peers.id_prefix if peers else "")
         rt = cls(settings, ck, engine, worker, metrics, tick, hub, peers)
-        rt.tasks = [asyncio.create_task(tick.run(hub)), asyncio.create_task(hub.reap_idle())]
+        rt.tasks = [asyncio.create_task(t) for t in (tick.run(hub), hub.reap_idle(), hub.watch_sends())]
         floats = engine.state_floats
         log.info(
             "model %s (%s, %d params) on %s, %d threads: %d slots, state %d floats (ssm %d + conv %d) per session",

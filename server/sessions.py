@@ -114,8 +114,11 @@ class Attachable(Protocol):
 
     outbox: Outbox
     task: asyncio.Task | None
+    sending_since: float | None  # a send in progress began then
 
     def end(self, reason: str, code: int) -> None: ...
+
+    def drop_slow(self) -> None: ...
 
     def fail(self, close_code: int, code: str, message: str) -> None: ...
 
@@ -389,6 +392,18 @@ class SessionHub:
                 if ls.connection is None and ls.clip is None and now - ls.last_seen > timeout:
                     log.info("session %s: idle for %.0f s, freed", ls.id, now - ls.last_seen)
                     await self.release(ls)
+
+    async def watch_sends(self) -> None:
+        """Drop the clients whose send has been blocked for send_timeout_s: a client that reads nothing only
+        ever stops its own stream."""
+        timeout = self.settings.send_timeout_s
+        while True:
+            await asyncio.sleep(min(timeout / 4, 1.0))
+            now = time.monotonic()
+            for conn in list(self.connections):
+                since = conn.sending_since
+                if since is not None and now - since > timeout:
+                    conn.drop_slow()
 
     async def drain(self, grace_s: float) -> None:
         """Shutdown: admit nothing more; every stream gets `end` and a 1001 close."""

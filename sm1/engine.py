@@ -98,7 +98,7 @@ class _Mark:
     start_beat: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per session a tick: not frozen, whose __init__ costs 3x
 class Generated:
     """What one tick produced for one session."""
 

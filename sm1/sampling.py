@@ -172,13 +172,24 @@ class VocabMasks:
         return ConstraintMasks(*(m.to(self.device) for m in astuple(masks)))
 
 
+UNIFORM_BLOCK = 64  # draws taken from a session's generator at once
+
+
 class SessionSampler:
     """One session's sampling state: params, its own generator, the note being written and the onsets
-    the density cap counts."""
+    the density cap counts.
+
+    The generator's draws are taken UNIFORM_BLOCK at a time (one torch call costs about what 50 draws do):
+    torch's CPU generator fills a float64 tensor one draw after another, so the draws are the very same as
+    one by one, and the state a snapshot holds is the generator's as if they had been (tests check both).
+    """
 
     def __init__(self, params: SamplingParams, masks: VocabMasks) -> None:
         self._vocab = masks
         self.generator = torch.Generator()
+        self._block: list[float] = []  # draws taken from the generator, not yet used
+        self._used = 0
+        self._block_start = self.generator.get_state()  # the generator's state where the block began
         self.onsets: deque[int] = deque()  # ticks of recent generated note starts (for max_notes_per_beat)
         self.expect: int | None = None  # VELOCITY or DURATION while a note is half written
         self.set_params(params, reseed=True)
@@ -189,10 +200,25 @@ class SessionSampler:
         self.masks = self._vocab.masks(self.params.constraints)
         if reseed:
             self.generator.manual_seed(self.params.seed)
+            self._block, self._used = [], 0
 
     def uniform(self) -> float:
         """This session's next draw in [0, 1): one per sampled token, whatever the batch."""
-        return float(torch.rand((), generator=self.generator, dtype=torch.float64))
+        if self._used == len(self._block):
+            self._block_start = self.generator.get_state()
+            self._block = torch.rand(UNIFORM_BLOCK, generator=self.generator, dtype=torch.float64).tolist()
+            self._used = 0
+        self._used += 1
+        return self._block[self._used - 1]
+
+    def generator_state(self) -> bytes:
+        """The generator's state after the draws used so far (not after the whole block taken)."""
+        if self._used == len(self._block):
+            return bytes(self.generator.get_state().numpy())
+        g = torch.Generator()
+        g.set_state(self._block_start)
+        torch.rand(self._used, generator=g, dtype=torch.float64)
+        return bytes(g.get_state().numpy())
 
     def allowed(self, decoder: StreamDecoder) -> Tensor:
         """The mask for the next token, given where the stream is."""
@@ -236,7 +262,7 @@ class SessionSampler:
         """JSON-able except `generator` (bytes)."""
         return {
             "params": self.params.model_dump(mode="json"),
-            "generator": bytes(self.generator.get_state().numpy()),
+            "generator": self.generator_state(),
             "onsets": list(self.onsets),
             "expect": self.expect,
         }
@@ -244,6 +270,7 @@ class SessionSampler:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.set_params(SamplingParams.model_validate(d["params"]), reseed=False)
         self.generator.set_state(torch.frombuffer(bytearray(d["generator"]), dtype=torch.uint8))
+        self._block, self._used = [], 0
         self.onsets = deque(int(t) for t in d["onsets"])
         if d["expect"] not in (None, VELOCITY, DURATION):
             raise ValueError(f"sampler state: unknown expectation {d['expect']!r}")

@@ -76,6 +76,25 @@ def test_each_row_is_sampled_as_if_it_were_alone():
     assert together.tolist() == alone
 
 
+def test_draws_taken_in_blocks_are_the_draws_one_by_one_and_so_is_the_saved_state(vocab):
+    """A session's generator gives its draws UNIFORM_BLOCK at a time; what a seed means must not change."""
+    sampler = SessionSampler(SamplingParams(seed=42), vocab)
+    g = torch.Generator().manual_seed(42)
+    one_by_one = [float(torch.rand((), generator=g, dtype=torch.float64)) for _ in range(150)]
+    assert [sampler.uniform() for _ in range(150)] == one_by_one
+    for used in (0, 1, 63, 64, 65, 100):
+        s = SessionSampler(SamplingParams(seed=7), vocab)
+        g = torch.Generator().manual_seed(7)
+        for _ in range(used):
+            s.uniform()
+            torch.rand((), generator=g, dtype=torch.float64)
+        state = s.state_dict()
+        assert state["generator"] == bytes(g.get_state().numpy())
+        restored = SessionSampler(SamplingParams(), vocab)
+        restored.load_state_dict(state)
+        assert [restored.uniform() for _ in range(70)] == [s.uniform() for _ in range(70)]
+
+
 def test_params_are_validated_with_clear_messages():
     with pytest.raises(ValidationError, match="pitch_min 80 is above pitch_max 60"):
         Constraints(pitch_min=80, pitch_max=60)
