@@ -22,7 +22,8 @@ import websockets
 from fastapi import Request, Response
 from starlette.websockets import WebSocket
 
-_SESSION_PATH = re.compile(r"/v1/sessions/(w(\d+)\.[\w-]+)(/.*)?")
+_SESSION_ID = r"w(\d+)\.[\w-]+"  # w<worker>.<token>
+_SESSION_PATH = re.compile(rf"/v1/sessions/{_SESSION_ID}(?:/.*)?")
 _HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "keep-alive"}
 _KEY_HEADERS = ("authorization", "x-api-key")
 
@@ -45,12 +46,13 @@ class Peers:
 
     def owner(self, session_id: str) -> int | None:
         """The other worker that holds `session_id`; None: this one (or no worker: the lookup here says so)."""
-        found = re.fullmatch(r"w(\d+)\.[\w-]+", session_id)
+        found = re.fullmatch(_SESSION_ID, session_id)
         return self._other(found and int(found.group(1)))
 
     def owner_of_path(self, path: str) -> int | None:
+        """The other worker that holds the session a /v1/sessions/{id}... path names."""
         found = _SESSION_PATH.fullmatch(path)
-        return self._other(found and int(found.group(2)))
+        return self._other(found and int(found.group(1)))
 
     def _other(self, i: int | None) -> int | None:
         return i if i is not None and i != self.index and i < self.count else None
@@ -67,9 +69,8 @@ class Peers:
     async def forward(self, request: Request, i: int, body: bytes) -> Response:
         """`request` as worker `i` answers it."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}]
-        reply = await self.client(i).request(
-            request.method, request.url.path, params=request.query_params, headers=headers, content=body
-        )
+        url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        reply = await self.client(i).request(request.method, url, headers=headers, content=body)
         out = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP_BY_HOP | {"content-encoding"}}
         out["X-SM1-Forwarded-By"] = str(self.index)
         return Response(reply.content, status_code=reply.status_code, headers=out)
