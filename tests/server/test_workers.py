@@ -91,6 +91,39 @@ def test_a_stream_attaches_to_a_session_another_worker_holds(workers):
             httpx.delete(f"{workers.http}/v1/sessions/{sid}", timeout=30)
 
 
+def test_a_relayed_stream_passes_on_errors_params_and_the_close(workers):
+    """Bad frames, a params change and `stop` on a stream another worker holds: the owner answers each, and
+    its close code reaches the client."""
+    made = sessions_on_every_worker(workers, per_worker=6, params={"seed": 3}, realtime=False)
+    relayed_before = workers.log_text().count("relayed to worker")
+
+    async def main() -> list[tuple]:
+        seen = []
+        for ids in made.values():
+            for sid in ids:
+                async with connect(workers) as ws:
+                    s = Stream(ws)
+                    await s.send(type="start", session=sid)
+                    await s.expect("ready")
+                    await ws.send("{not json")
+                    bad = await s.expect("error")
+                    await s.send(type="dance")
+                    unknown = await s.expect("error")
+                    await s.send(type="params", temperature=0.5)
+                    await s.events(2)
+                    await s.send(type="stop")
+                    end = await s.expect("end")
+                    seen.append((bad["code"], unknown["code"], end["reason"], await s.closed()))
+        return seen
+
+    seen = asyncio.run(main())
+    assert set(seen) == {("bad_json", "unknown_type", "stopped", (1000, "stopped"))}
+    assert workers.log_text().count("relayed to worker") > relayed_before  # 12 streams: not all to their owner
+    for ids in made.values():
+        for sid in ids:
+            assert httpx.delete(f"{workers.http}/v1/sessions/{sid}", timeout=30).status_code == 204
+
+
 def test_health_and_metrics_add_up_the_workers(workers):
     made = sessions_on_every_worker(workers, per_worker=2)
     for _ in range(4):
