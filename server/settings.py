@@ -22,7 +22,7 @@ class Settings(BaseSettings):
         256, ge=1, description="session slots in the pool (streams, REST sessions, clips); with workers, per worker"
     )
     workers: int = Field(
-        1, ge=1, le=64, description="server processes sharing the port and the device (Linux, macOS): past a few "
+        1, ge=1, le=64, description="server processes sharing the port and the device (Linux): past a few "
         "hundred dense streams, one process's Python is the limit (server/workers.py)"
     )
     max_prompt_bytes: int = Field(1 << 20, ge=1, description="largest prompt MIDI file")

@@ -6,7 +6,8 @@ a whole server (its own engine and sessions on the same GPU or CPU), listening o
 SO_REUSEPORT (the kernel spreads connections evenly) and on a unix socket of its own, through which the
 others pass on calls for its sessions (server/peers.py). This process only starts the workers, restarts one
 that dies, and on SIGTERM/SIGINT has every worker drain its streams (`end`, close 1001) before it exits.
-Linux and macOS (SO_REUSEPORT); on Windows, run one worker.
+Linux (SO_REUSEPORT spreads connections there; macOS binds the port but does not spread them); on Windows,
+run one worker.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def worker_main(settings: Settings, index: int, run_dir: Path) -> None:
 
 def run_workers(settings: Settings) -> None:
     if not hasattr(socket, "SO_REUSEPORT"):
-        sys.exit("sm1-server: several workers need SO_REUSEPORT (Linux, macOS): run one (SM1_WORKERS=1)")
+        sys.exit("sm1-server: several workers need SO_REUSEPORT (Linux): run one (SM1_WORKERS=1)")
     run_dir = Path(tempfile.mkdtemp(prefix="sm1-"))
     metrics_dir = run_dir / "metrics"
     metrics_dir.mkdir()
