@@ -141,14 +141,26 @@ def test_health_and_metrics_add_up_the_workers(workers):
 def test_a_dead_worker_is_started_again_and_sigterm_drains_every_worker(tiny_checkpoint, tmp_path):
     server = start_server(tiny_checkpoint, tmp_path / "server.log", workers=WORKERS)
     try:
-        survivor = sessions_on_every_worker(server)[0][0]
+        made = sessions_on_every_worker(server)
+        survivor, lost = made[0][0], made[1][0]
         victim = _health(server)["workers"][1]["pid"]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
+        answers = set()
         while "worker 1 exited with -9" not in server.log_text() or _health(server).get("status") != "ok":
             assert time.monotonic() < deadline, server.log_text()
-            time.sleep(0.2)
+            gone = httpx.get(f"{server.http}/v1/sessions/{lost}/snapshot", timeout=30)  # dead, then restarted
+            answers.add((gone.status_code, gone.json()["code"]))
+        assert answers == {(404, "unknown_session")}
         assert httpx.get(f"{server.http}/v1/sessions/{survivor}/snapshot", timeout=30).status_code == 200
+
+        async def attach_lost() -> dict:
+            async with connect(server) as ws:
+                s = Stream(ws)
+                await s.send(type="start", session=lost)
+                return await s.expect("error")
+
+        assert asyncio.run(attach_lost())["code"] == "unknown_session"
 
         async def main():
             streams = []
