@@ -128,15 +128,25 @@ class MambaBlock(nn.Module):
         y = y.to(x.dtype) * F.silu(z)
         return self.out_proj(y), h[:, -1], new_conv
 
+    def step_constants(self) -> tuple[Tensor, Tensor]:
+        """A = -exp(A_log) (E, N) fp32 and the conv weight as (d_conv, E) rows (contiguous rows make the
+        product 2x faster), for `step` and the fused step: made once per version of the weights, not on every
+        token (a weight changed in place, moved or cast makes them again)."""
+        A_log, w = self.A_log, self.conv1d.weight
+        version = (A_log._version, A_log.data_ptr(), w._version, w.data_ptr(), w.dtype)
+        if getattr(self, "_step_constants", (None,))[0] != version:
+            with torch.no_grad():
+                self._step_constants = (version, -torch.exp(A_log.float()).contiguous(), w[:, 0].T.contiguous())
+        return self._step_constants[1], self._step_constants[2]
+
     def step(self, u: Tensor, ssm: Tensor, conv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One token: u (B, d_model); ssm (B, E, N) fp32; conv (B, d_conv-1, E). Same equations as forward."""
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, E)
         x_win = torch.cat([conv, x.unsqueeze(1).to(conv.dtype)], dim=1)  # (B, d_conv, E)
-        weight = self.conv1d.weight[:, 0].T.contiguous()  # (d_conv, E): contiguous rows make the product 2x faster
+        A, weight = self.step_constants()  # (E, N), (d_conv, E)
         x = (x_win.to(x.dtype) * weight).sum(1) + self.conv1d.bias  # (B, E)
         x = F.silu(x)
         dt, B, C = self._ssm_inputs(*self._projections(x))  # (B, E), (B, N), (B, N)
-        A = -torch.exp(self.A_log.float())  # (E, N)
         h = torch.exp(dt.unsqueeze(-1) * A) * ssm + (dt * x.float()).unsqueeze(-1) * B.unsqueeze(1)  # (B, E, N)
         y = (h * C.unsqueeze(1)).sum(-1) + self.D * x.float()  # (B, E)
         y = y.to(x.dtype) * F.silu(z)

@@ -18,7 +18,6 @@ TRITON_INTERPRET=1 the same kernels run on the CPU, which is how CI checks them 
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
 from torch import Tensor
@@ -110,27 +109,13 @@ def mixer_step(mixer: torch.nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slo
     return torch.addmm(residual, y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
 
 
-def _derived(mixer: torch.nn.Module) -> tuple[Tensor, Tensor]:
-    """A = -exp(A_log) (E, N) fp32 and the conv weight as (K, E) rows, made once per version of the weights
-    (two kernels a layer saved on every step; a weight changed in place makes them again)."""
-    version = (mixer.A_log._version, mixer.conv1d.weight._version, mixer.A_log.data_ptr())
-    cached = _DERIVED.get(mixer)
-    if cached is None or cached[0] != version:
-        A = -torch.exp(mixer.A_log.float()).contiguous()
-        cached = _DERIVED[mixer] = (version, A, mixer.conv1d.weight[:, 0].T.contiguous())
-    return cached[1], cached[2]
-
-
-_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def conv_update(mixer: torch.nn.Module, x: Tensor, conv: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
     """The causal conv's next output, SiLU'd, for x (B, E) (rows may be strided): (B, E) in fp32 (for the
     state update) and in x's dtype (for x_proj); each session's window in `conv` moves on by one, in place."""
     B, (K, E) = x.shape[0], (mixer.cfg.d_conv, mixer.cfg.d_inner)
     out = torch.empty(B, E, device=x.device, dtype=torch.float32)
     out_lp = out if x.dtype == torch.float32 else torch.empty(B, E, device=x.device, dtype=x.dtype)
-    _, w = _derived(mixer)
+    _, w = mixer.step_constants()
     grid = (B, triton.cdiv(E, BLOCK_E))
     _conv_kernel[grid](x, x.stride(0), conv, slots, w, mixer.conv1d.bias, out, out_lp, E, K=K, BLOCK=BLOCK_E)
     return out, out_lp
@@ -145,7 +130,7 @@ def ssm_update(mixer: torch.nn.Module, x: Tensor, z: Tensor, xp: Tensor, ssm: Te
     xp = xp.contiguous()
     dt = torch.nn.functional.linear(xp[:, :R], mixer.dt_proj.weight)  # (B, E); bias and softplus in the kernel
     y = torch.empty(B, E, device=x.device, dtype=z.dtype)
-    A, _ = _derived(mixer)
+    A, _ = mixer.step_constants()
     _ssm_kernel[(B, triton.cdiv(E, BLOCK_E))](
         x, z, z.stride(0), xp, xp.stride(0), dt, mixer.dt_proj.bias, A, mixer.D, ssm, slots, y, E, R, N=N,
         BLOCK=BLOCK_E,
