@@ -9,6 +9,7 @@ connection aborted, no close frame). `--concurrency` cycles run at once. Reports
   unexpected_log_lines  server log lines at WARNING or above, and tracebacks (must be 0)
 
     nice python benchmarks/churn.py --cycles 10000 --out benchmarks/results/churn-cpu
+    nice python benchmarks/churn.py --cycles 5000 --set workers=2 --out benchmarks/results/churn-cpu-workers2
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def unexpected_lines(log: str) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    server = Server(args.checkpoint, "cpu", args.concurrency + 8, out / "server.log")
+    settings = dict(kv.split("=", 1) for kv in args.set)
+    server = Server(args.checkpoint, "cpu", args.concurrency + 8, out / "server.log", settings)
     try:
         failures = asyncio.run(churn(server.ws, 0, args.warmup, args.concurrency))
         settle(server)
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> dict:
         "cycles": args.cycles,
         "warmup_cycles": args.warmup,
         "concurrency": args.concurrency,
+        "server_settings": settings,
         "seconds": round(seconds, 1),
         "cycles_per_s": round(args.cycles / seconds, 1),
         "ways_of_leaving": list(LEAVE),
@@ -131,6 +134,8 @@ def main() -> None:
     p.add_argument("--cycles", type=int, default=10_000)
     p.add_argument("--warmup", type=int, default=200, help="cycles before RSS is first read (allocators warm up)")
     p.add_argument("--concurrency", type=int, default=8, help="cycles at once")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a server setting (SM1_<NAME>), e.g. --set workers=2; repeatable")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/churn", help="folder for churn.json and the server log")
     args = p.parse_args()
     result = run(args)
