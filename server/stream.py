@@ -231,6 +231,7 @@ class StreamConnection:
         """The session is another worker's: from here on this connection is a pipe to it (server/peers.py)."""
         assert self.rt.peers is not None
         log.info("stream %s: relayed to worker %d, which holds the session", self.peer, worker)
+        self.metrics.connections.dec()  # the owner counts it: /metrics sums the workers
         try:
             await self.rt.peers.relay(self.ws, worker, start)
         except (OSError, websockets.exceptions.WebSocketException) as e:
@@ -239,6 +240,8 @@ class StreamConnection:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await self.ws.send_json(error_frame(ErrorCode.UNKNOWN_SESSION, message))
                 await self.ws.close(CloseCode.INTERNAL, "session lost")
+        finally:
+            self.metrics.connections.inc()  # serve() takes it off again as the connection ends
 
     # ---- messages -------------------------------------------------------------------------------------
     async def _on_start(self, msg: StartMessage) -> None:

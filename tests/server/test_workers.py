@@ -105,6 +105,8 @@ def test_a_relayed_stream_passes_on_errors_params_and_the_close(workers):
                     s = Stream(ws)
                     await s.send(type="start", session=sid)
                     await s.expect("ready")
+                    metrics = await asyncio.to_thread(httpx.get, f"{workers.http}/metrics", timeout=30)
+                    open_now = re.search(r"^sm1_stream_connections\s+(\S+)$", metrics.text, re.M).group(1)
                     await ws.send("{not json")
                     bad = await s.expect("error")
                     await s.send(type="dance")
@@ -113,11 +115,11 @@ def test_a_relayed_stream_passes_on_errors_params_and_the_close(workers):
                     await s.events(2)
                     await s.send(type="stop")
                     end = await s.expect("end")
-                    seen.append((bad["code"], unknown["code"], end["reason"], await s.closed()))
+                    seen.append((bad["code"], unknown["code"], end["reason"], await s.closed(), open_now))
         return seen
 
     seen = asyncio.run(main())
-    assert set(seen) == {("bad_json", "unknown_type", "stopped", (1000, "stopped"))}
+    assert set(seen) == {("bad_json", "unknown_type", "stopped", (1000, "stopped"), "1.0")}  # relays not counted twice
     assert workers.log_text().count("relayed to worker") > relayed_before  # 12 streams: not all to their owner
     for ids in made.values():
         for sid in ids:
