@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 import websockets
-from serve_load import Server
+from serve_load import Server, add_set_flag
 
 LEAVE = ("stop", "close", "abort")
 
@@ -89,7 +89,7 @@ def unexpected_lines(log: str) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = dict(kv.split("=", 1) for kv in args.set)
+    settings = dict(args.set)
     server = Server(args.checkpoint, "cpu", args.concurrency + 8, out / "server.log", settings)
     try:
         failures = asyncio.run(churn(server.ws, 0, args.warmup, args.concurrency))
@@ -134,8 +134,7 @@ def main() -> None:
     p.add_argument("--cycles", type=int, default=10_000)
     p.add_argument("--warmup", type=int, default=200, help="cycles before RSS is first read (allocators warm up)")
     p.add_argument("--concurrency", type=int, default=8, help="cycles at once")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="a server setting (SM1_<NAME>), e.g. --set workers=2; repeatable")  # fmt: skip
+    add_set_flag(p)
     p.add_argument("--out", default="benchmarks/results/churn", help="folder for churn.json and the server log")
     args = p.parse_args()
     result = run(args)

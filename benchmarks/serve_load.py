@@ -209,6 +209,12 @@ def level(server: Server, n: int, seconds: float, start: dict, procs: int, settl
     }
 
 
+def add_set_flag(p: argparse.ArgumentParser) -> None:
+    """--set NAME=VALUE, repeatable: a server setting (SM1_<NAME>); `dict(args.set)` gives them all."""
+    p.add_argument("--set", action="append", default=[], type=lambda kv: tuple(kv.split("=", 1)), metavar="NAME=VALUE",
+                   help="a server setting (SM1_<NAME>), e.g. --set workers=2; repeatable")  # fmt: skip
+
+
 def random_checkpoint(shape: str, out: Path) -> str:
     """A checkpoint of random weights (seed 0) with d_model,n_layer = `shape`: the step costs the same as a
     trained model's, but what it writes (and so the load of real-time streams) is not music."""
@@ -234,7 +240,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = random_checkpoint(args.random, out) if args.random else args.checkpoint
-    settings = dict(kv.split("=", 1) for kv in args.set)
+    settings = dict(args.set)
     server = Server(checkpoint, args.device, max(sizes) + 8, out / "server.log", settings)
     try:
         model = httpx.get(f"{server.http}/v1/model", timeout=30).json()
@@ -293,8 +299,7 @@ def main() -> None:
     p.add_argument("--lookahead", type=float, default=2.0)
     p.add_argument("--prompt", help="a .mid to continue (default: a generated dense one, ~10 notes a beat)")
     p.add_argument("--client-procs", type=int, default=0, help="client processes (default: 1 per 256 streams)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="a server setting (SM1_<NAME>), e.g. --set ws_compression=true; repeatable")  # fmt: skip
+    add_set_flag(p)
     p.add_argument("--out", default="benchmarks/results/serve-load", help="folder for serve_load.json, the log")
     args = p.parse_args()
     print(table(run(args)))

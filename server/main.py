@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+import torch
 import uvicorn
 from fastapi import FastAPI
 
@@ -23,7 +24,7 @@ from server.app import create_app
 from server.peers import Peers
 from server.settings import Settings
 from server.workers import run_workers
-from sm1.checkpoint import CheckpointError, load, resolve_default
+from sm1.checkpoint import CheckpointError, LoadedCheckpoint, load, resolve_default
 
 log = logging.getLogger("sm1.server")
 
@@ -77,20 +78,22 @@ def main(argv: list[str] | None = None) -> None:
         except CheckpointError as e:
             sys.exit(f"sm1-server: {e}; pass --checkpoint DIR (or SM1_CHECKPOINT), or train one (README)")
     if settings.workers > 1:
-        try:  # here too, so that a bad checkpoint is one line and exit 1, not one traceback per worker
-            load(settings.checkpoint, "cpu")
-        except CheckpointError as e:
-            sys.exit(f"sm1-server: cannot load the checkpoint: {e}")
+        load_or_exit(settings.checkpoint, "cpu")  # here too: one line and exit 1, not a traceback per worker
         return run_workers(settings)
     serve(settings)
 
 
-def serve(settings: Settings, sockets: list[socket.socket] | None = None, peers: Peers | None = None) -> None:
-    """One server process: on settings' host and port, or on `sockets` (a worker of several: server/workers.py)."""
-    try:  # before uvicorn, so that a bad checkpoint is one line and exit 1, not a lifespan traceback
-        checkpoint = load(settings.checkpoint, settings.torch_device())
+def load_or_exit(path: Path, device: str | torch.device) -> LoadedCheckpoint:
+    """The checkpoint, or one clear line and exit 1."""
+    try:
+        return load(path, device)
     except CheckpointError as e:
         sys.exit(f"sm1-server: cannot load the checkpoint: {e}")
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None, peers: Peers | None = None) -> None:
+    """One server process: on settings' host and port, or on `sockets` (a worker of several: server/workers.py)."""
+    checkpoint = load_or_exit(settings.checkpoint, settings.torch_device())  # before uvicorn: no lifespan traceback
     app = create_app(settings, checkpoint, peers)
     config = uvicorn.Config(
         app,
