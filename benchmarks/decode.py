@@ -4,7 +4,7 @@ the memory floor beside it, and a GPT of the same size with a KV cache.
 SM1 paths (the engine's BatchedStep on a slot pool, so what is timed is what the server runs):
   eager          model.step, about 25 kernels a layer plus a gather and a scatter of the state rows
   eager+graphs   the same captured in a CUDA graph per power-of-two batch (CUDA)
-  fused          each block in two Triton kernels on the pool rows in place (sm1/step_triton.py)
+  fused          each block in three launches on the pool rows in place (sm1/step_triton.py)
   fused+graphs   both (CUDA)
 Each path's logits are compared with the fp32 eager step of the same model (max |diff|; a bf16 model is
 compared with its fp32 copy, so the bf16 rounding is in the figure). The floor is one read of the weights
@@ -61,6 +61,9 @@ def sm1_models(names: list[str], device: torch.device, dtype: torch.dtype) -> di
     return models
 
 
+FUSED_GRAPHS = {"fused+graphs": (True, True)}
+
+
 def sm1_paths(device: torch.device) -> dict[str, tuple[bool, bool]]:
     """name -> (cuda graphs, fused)"""
     paths = {"eager": (False, False)}
@@ -74,8 +77,8 @@ def sm1_paths(device: torch.device) -> dict[str, tuple[bool, bool]]:
     return paths
 
 
-def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, bandwidth: float, reps: int
-              ) -> list[dict]:  # fmt: skip
+def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, bandwidth: float, reps: int,
+              paths: dict[str, tuple[bool, bool]] | None = None) -> list[dict]:  # fmt: skip
     reference = SM1(model.config).to(device).eval()
     reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -91,7 +94,7 @@ def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, b
         want = reference.step(tokens, ref_pool, slots=slots)
         state_bytes = ref_pool.select([0]).nbytes()
         floor_ms = (weight_bytes + 2 * B * state_bytes) / bandwidth * 1e3
-        for path, (graphs, fused) in sm1_paths(device).items():
+        for path, (graphs, fused) in (paths or sm1_paths(device)).items():
             pool = model.allocate_state(B + 1)
             pool.ssm.copy_(start.ssm)
             pool.conv.copy_(start.conv)
@@ -112,6 +115,31 @@ def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, b
                 "max_abs_diff_vs_fp32": diff,
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# (SMALL_BATCH, BLOCK_ROWS, BLOCK_IN, BLOCK_D, BLOCK_C, NUM_WARPS) of sm1/step_triton.py; the first is the default
+SWEEP = [
+    (16, 16, 32, 64, 128, 4), (0, 16, 32, 64, 128, 4), (64, 16, 32, 64, 128, 4), (16, 16, 16, 64, 128, 4),
+    (16, 16, 64, 64, 128, 4), (16, 16, 32, 128, 128, 4), (16, 16, 32, 64, 64, 4), (16, 16, 32, 64, 256, 8),
+    (16, 16, 32, 64, 128, 2), (16, 32, 32, 64, 128, 4), (16, 64, 32, 64, 128, 8), (16, 16, 16, 128, 64, 2),
+]  # fmt: skip
+KNOBS = ("SMALL_BATCH", "BLOCK_ROWS", "BLOCK_IN", "BLOCK_D", "BLOCK_C", "NUM_WARPS")
+
+
+def sweep_step(name: str, model: SM1, batches: list[int], device: torch.device, bandwidth: float, reps: int
+               ) -> list[dict]:  # fmt: skip
+    """The fused+graphs step over the kernels' launch sizes (to choose the defaults), each setting checked
+    against the fp32 eager step like every path."""
+    defaults = [getattr(step_triton, k) for k in KNOBS]
+    rows = []
+    for setting in SWEEP:
+        for k, v in zip(KNOBS, setting, strict=True):
+            setattr(step_triton, k, v)
+        knobs = dict(zip(KNOBS, setting, strict=True))
+        rows += [knobs | r for r in bench_sm1(name, model, batches, device, bandwidth, reps, FUSED_GRAPHS)]
+    for k, v in zip(KNOBS, defaults, strict=True):
+        setattr(step_triton, k, v)
     return rows
 
 
@@ -167,27 +195,30 @@ def load_mamba_module(src: Path, name: str) -> types.ModuleType:
 
 
 def bench_mamba_peer(src: Path, model: SM1, batches: list[int], device, reps: int) -> list[dict]:
-    """mamba-ssm's Triton selective_state_update (dt already projected) beside our state-update kernel."""
+    """mamba-ssm's Triton selective_state_update (dt already projected) beside our mixer kernel, which does
+    more: x_proj and dt_proj as well as the update, the readout and the gate."""
     path = src / "mamba_ssm" / "ops" / "triton" / "selective_state_update.py"
     try:
         module = load_mamba_module(src, "ops.triton.selective_state_update")
     except Exception as e:  # its imports or its Triton version do not fit here
         return [{"path": "mamba-ssm selective_state_update", "error": f"cannot load {path}: {e!r}"}]
     cfg = model.config
-    E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
-    mixer = model.layers[0].mixer
+    E, N = cfg.d_inner, cfg.d_state
+    block = model.layers[0]
+    mixer = block.mixer
     rows = []
     for B in batches:
         gen = torch.Generator(device=device).manual_seed(0)
         state = torch.randn(B, E, N, device=device, generator=gen)
         x, z, dt = (torch.randn(B, E, device=device, generator=gen) for _ in range(3))
         Bm, Cm = torch.randn(B, N, device=device, generator=gen), torch.randn(B, N, device=device, generator=gen)
-        xp = torch.randn(B, R + 2 * N, device=device, generator=gen)
         A = -torch.exp(mixer.A_log.float())
         theirs = functools.partial(module.selective_state_update, state, x, dt, A, Bm, Cm, mixer.D.float(), z=z,
                                    dt_bias=mixer.dt_proj.bias.float(), dt_softplus=True)  # fmt: skip
-        ours = functools.partial(step_triton.ssm_update, mixer, x, z, xp, state, torch.arange(B, device=device))
-        for path, fn in (("mamba-ssm selective_state_update", theirs), ("sm1 ssm_update (+ dt_proj)", ours)):
+        u = torch.randn(B, cfg.d_model, device=device, dtype=mixer.D.dtype)  # the model's dtype (y's)
+        conv, slots = model.allocate_state(B).conv[0], torch.arange(B, device=device)
+        ours = functools.partial(step_triton.mixer_update, block, u, x, z.to(u.dtype), state, conv, slots, False)
+        for path, fn in (("mamba-ssm selective_state_update", theirs), ("sm1 mixer kernel (+ x_proj, dt_proj)", ours)):
             ms = time_ms(fn, device.type, reps)
             rows.append({"path": path, "d_inner": E, "batch": B, "ms_per_layer": round(ms, 4)})
             print(json.dumps(rows[-1]), flush=True)
@@ -210,6 +241,7 @@ def main() -> None:
     p.add_argument("--gpt-batches", default="1,16,256")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--mamba-src", type=Path, help="an unpacked mamba-ssm source tree, for its Triton state update")
+    p.add_argument("--sweep", action="store_true", help="also time the fused step over its kernels' launch sizes")
     p.add_argument("--out", default="benchmarks/results/decode")
     args = p.parse_args()
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -224,10 +256,12 @@ def main() -> None:
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
         "torch": torch.__version__, "dtype": str(dtype), "command": " ".join(sys.argv),
-        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1), "sm1": [], "gpt": [], "mamba_peer": [],
+        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1), "sm1": [], "gpt": [], "mamba_peer": [], "sweep": [],
     }  # fmt: skip
     with torch.no_grad():
         for name, model in models.items():
+            if args.sweep:
+                result["sweep"] += sweep_step(name, model, batches, device, bandwidth, args.reps)
             result["sm1"] += bench_sm1(name, model, batches, device, bandwidth, args.reps)
             if args.contexts:
                 contexts = [int(c) for c in args.contexts.split(",")]
@@ -240,6 +274,9 @@ def main() -> None:
     (out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(result["sm1"], ["model", "batch", "path", "ms_per_step", "tokens_per_s", "floor_ms", "x_floor",
                                 "max_abs_diff_vs_fp32", "error"]))  # fmt: skip
+    if result["sweep"]:
+        print(table(result["sweep"], ["model", "batch", *KNOBS, "ms_per_step", "tokens_per_s", "max_abs_diff_vs_fp32",
+                                      "error"]))  # fmt: skip
     if result["gpt"]:
         print(table(result["gpt"], ["model", "context", "batch", "ms_per_token", "tokens_per_s",
                                     "cache_mb_per_session", "error"]))  # fmt: skip

@@ -203,19 +203,19 @@ class SM1(nn.Module):
         """One token per session: tokens (B,) -> logits (B, V) float32.
 
         Updates `state` in place. With `slots` (B,) int64, rows `slots` of a larger pool state are read
-        and written (no copying whole states in and out of the pool). `fused`: each block's step in two
-        Triton kernels that work on the pool rows in place (sm1/step_triton.py; CUDA, or the interpreter).
+        and written (no copying whole states in and out of the pool). `fused`: each block's step in three
+        launches that work on the pool rows in place (sm1/step_triton.py; CUDA, or the interpreter).
         """
         x = self.embedding(tokens)  # (B, d_model)
         if fused:
-            from sm1.step_triton import mixer_step
+            from sm1.step_triton import block_step
 
             if slots is None:
                 slots = torch.arange(tokens.shape[0], device=tokens.device)
         for i, layer in enumerate(self.layers):
             ssm_i, conv_i = state.ssm[i], state.conv[i]  # (S, E, N), (S, d_conv-1, E)
             if fused:
-                x = mixer_step(layer.mixer, layer.norm(x), ssm_i, conv_i, slots, residual=x)
+                x = block_step(layer, x, ssm_i, conv_i, slots)
                 continue
             if slots is None:
                 y, h, c = layer.mixer.step(layer.norm(x), ssm_i, conv_i)

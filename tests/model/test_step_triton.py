@@ -16,21 +16,25 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
         import copy
         import torch
         from sm1.model import SM1, SM1Config
-        from sm1.step_triton import available
+        from sm1 import step_triton
 
-        assert available(torch.device("cpu"))
-        # one block of channels (E=96) and a ragged second one (E=320); d_state 1 and 4
-        for d_model, d_state, seed in [(48, 1, 0), (160, 1, 1), (48, 4, 2)]:
+        assert step_triton.available(torch.device("cpu"))
+        # one block of channels (E=96) and a ragged third one (E=320); d_state 1 and 4; both launch plans
+        # (the small-batch `in` kernel with channel-split mixer programs, and cuBLAS with the conv in the mixer)
+        cases = [(48, 1, 0, 3, 16), (160, 1, 1, 3, 16), (48, 4, 2, 3, 16), (48, 1, 3, 3, 0), (160, 4, 4, 3, 0),
+                 (160, 1, 5, 20, 16), (48, 4, 6, 20, 16)]
+        for d_model, d_state, seed, rows, small_batch in cases:
+            step_triton.SMALL_BATCH = small_batch
             torch.manual_seed(seed)
             model = SM1(SM1Config(vocab_size=443, d_model=d_model, n_layer=2, d_state=d_state)).eval()
             with torch.no_grad():  # trained-looking parameters, not the init's zeros and ones
                 for p in model.parameters():
                     p.add_(0.1 * torch.randn_like(p))
-            pool = model.allocate_state(9)
+            pool = model.allocate_state(41)
             pool.ssm.normal_()
             pool.conv.normal_()
-            slots = torch.tensor([7, 2, 5])
-            tokens = torch.randint(0, 443, (3,))
+            slots = torch.randperm(40)[:rows]
+            tokens = torch.randint(0, 443, (rows,))
             ref_model, ref_pool = copy.deepcopy(model).double(), copy.deepcopy(pool)
             ref_pool.ssm, ref_pool.conv = ref_pool.ssm.double(), ref_pool.conv.double()
             for step in range(2):  # twice: the second step reads what the first wrote into the pool
@@ -40,20 +44,21 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
                 assert err <= 1e-5, ("logits", d_model, d_state, step, err)
             for mine, want in ((pool.ssm, ref_pool.ssm), (pool.conv, ref_pool.conv)):
                 assert (mine.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item(), (d_model, d_state)
-            untouched = [s for s in range(9) if s not in slots.tolist()]
+            untouched = [s for s in range(41) if s not in slots.tolist()]
             assert torch.equal(pool.ssm[:, untouched].double(), ref_pool.ssm[:, untouched])
             # the engine's batched step takes it after its own check against the eager step
             from sm1.batched_step import BatchedStep
-            batched = BatchedStep(model, pool, scratch_slot=8, use_graphs=False, fused=True)
+            batched = BatchedStep(model, pool, scratch_slot=40, use_graphs=False, fused=True)
             assert batched.fused
             ref = ref_model.step(tokens, ref_pool, slots=slots)
-            scratch = pool.ssm[:, 8].clone(), pool.conv[:, 8].clone()
-            got = batched(tokens, slots)  # 3 rows padded to 16 with slot -1: read as zeros, never written
+            scratch = pool.ssm[:, 40].clone(), pool.conv[:, 40].clone()
+            got = batched(tokens, slots)  # 3 rows are padded to 16 with slot -1: read as zeros, never written
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
-            assert torch.equal(pool.ssm[:, 8], scratch[0]) and torch.equal(pool.conv[:, 8], scratch[1])
+            assert torch.equal(pool.ssm[:, 40], scratch[0]) and torch.equal(pool.conv[:, 40], scratch[1])
             ref = ref_model.step(tokens, ref_pool, slots=slots)
             with_pad = torch.cat([tokens[:1], tokens])  # a padding row (slot -1) second
-            got = model.step(with_pad, pool, slots=torch.tensor([7, -1, 2, 5]), fused=True)[[0, 2, 3]]
+            padded_slots = torch.cat([slots[:1], torch.tensor([-1]), slots[1:]])
+            got = model.step(with_pad, pool, slots=padded_slots, fused=True)[[0, *range(2, rows + 1)]]
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
             for mine, want in ((pool.ssm, ref_pool.ssm), (pool.conv, ref_pool.conv)):
                 assert (mine.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
@@ -62,6 +67,8 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
             for net in (model, ref_model):
                 net.layers[0].mixer.A_log.add_(0.5)
                 net.layers[1].mixer.conv1d.weight.mul_(1.5)
+                net.layers[0].norm.weight.mul_(1.25)  # folded into the decode layout of in_proj
+                net.layers[1].mixer.x_proj.weight.add_(0.05)
         ref = ref_model.step(tokens, ref_pool, slots=slots)
         got = model.step(tokens, pool, slots=slots, fused=True)
         assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
