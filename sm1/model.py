@@ -114,7 +114,9 @@ class MambaBlock(nn.Module):
         # causal conv continued from the carried window: prepend the last d_conv-1 inputs
         x_win = torch.cat([conv.to(x.dtype), x], dim=1)  # (B, d_conv-1+T, E)
         new_conv = x_win[:, -(self.cfg.d_conv - 1) :]
-        x = F.silu(self.conv1d(x_win.transpose(1, 2))).transpose(1, 2)  # (B, T, E)
+        # contiguous: a (1, T, E) transposed view would send x_proj down another GEMM path than a batch of them
+        # do (other bits on some CPUs), and a prompt must read the same alone as beside others
+        x = F.silu(self.conv1d(x_win.transpose(1, 2))).transpose(1, 2).contiguous()  # (B, T, E)
         dt_raw, B, C = self._projections(x)
         A = -torch.exp(self.A_log.float())  # (E, N)
         if _fused_layer(x):
