@@ -1,26 +1,26 @@
-"""The decode step of one residual block in three launches, reading and writing the slot pool in place.
+"""The decode step of one residual block in three or four launches, reading and writing the slot pool in place.
 
 The eager step (Block's norm + MambaBlock.step) runs about 25 small kernels a layer, plus a gather and a
-scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but those launches. Here a layer
-is three:
+scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but those launches. Here:
 
-  in:     u @ W_in (the RMSNorm's weight folded into W_in; its 1/rms applied to the product's rows), the
-          causal conv's window shifted in place in the pool row, the conv output, SiLU;
-  mixer:  x_proj, dt = softplus(dt_proj(.)), h = exp(dt A) h + dt x B (in place in the pool row),
-          y = h C + D x, gated by SiLU(z);
-  out:    u + y @ W_out (one cuBLAS addmm).
+  in:     u @ W_in, the RMSNorm's weight folded into W_in and its 1/rms applied to the product's rows;
+  conv:   the causal conv's window moved on in place in the pool row, the conv output, SiLU, and this
+          channel block's share of x_proj (a partial sum per block: x_proj needs every channel of a row);
+  mixer:  the partial sums added up in a fixed order, dt = softplus(dt_proj(.)),
+          h = exp(dt A) h + dt x B (in place in the pool row), y = h C + D x, gated by SiLU(z);
+  out:    u + y @ W_out.
 
-Up to SMALL_BATCH rows, `in` is one Triton kernel (the product as 16-row tiles on tensor cores, the conv in
-its epilogue) and each channel block of `mixer` is its own program, every one recomputing the small x_proj
-(its weights come from L2) so the layer stays three launches wide. From there on, `in` is a cuBLAS GEMM and
-`mixer` does the conv itself, one program per 16 rows over all channels: pass one accumulates x_proj over
-the channel blocks, pass two recomputes each block's conv (and moves the window on) and updates the state.
+Up to SMALL_BATCH rows, in + conv is one Triton GEMV kernel (each program streams its W_in rows once and
+loops over the rows; the conv is its epilogue) and so is out: three Triton launches a layer, each wide enough to
+keep the memory busy. From there on, in and out are cuBLAS GEMMs and conv and mixer run as (16 rows x channel
+block) tiles on tensor cores: four launches.
 
 Weights are laid out for these shapes once per version of the weights (`decode_weights`). Every elementwise
-product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row whose slot is
-negative is padding: it reads a zero state and writes nothing, so padded rows of a CUDA graph never race on a
-shared slot. It runs on CUDA; with TRITON_INTERPRET=1 the same kernels run on the CPU, which is how CI
-checks them against the eager step.
+product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row's partial sums never mix
+with another row's, so a session's bits do not depend on who else is in the batch (for a given launch plan).
+A row whose slot is negative is padding: it reads a zero state and writes nothing, so padded rows of a CUDA
+graph never race on a shared slot. It runs on CUDA; with TRITON_INTERPRET=1 the same kernels run on the CPU,
+which is how CI checks them against the eager step.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:
@@ -37,11 +38,11 @@ try:
 except ImportError:  # no Triton here: the eager step is the only one
     triton = None
 
-SMALL_BATCH = 16  # up to this many rows: the Triton `in` kernel and channel-split mixer programs
-BLOCK_ROWS = 16  # rows per program (the smallest tensor-core tile)
-BLOCK_IN = 32  # `in` kernel: channels of x (and of z) per program
-BLOCK_D = 64  # `in` kernel: d_model per iteration
-BLOCK_C = 128  # mixer kernel: channels per iteration
+SMALL_BATCH = 16  # up to this many rows: the GEMV kernels for in + conv and for out
+BLOCK_N = 8  # GEMV in + conv: channels of x (and of z) per program
+BLOCK_O = 4  # GEMV out: d_model outputs per program
+BLOCK_ROWS = 16  # conv and mixer tiles: rows (the smallest tensor-core tile)
+BLOCK_C = 128  # conv and mixer tiles: channels
 NUM_WARPS = 4
 
 
@@ -54,7 +55,7 @@ def available(device: torch.device) -> bool:
 class DecodeWeights:
     """One block's weights as the decode kernels read them (P: x_proj's R + 2N outputs padded to a power of 2)."""
 
-    w_in: Tensor  # (d_model, 2E): in_proj.weight.T with the norm's weight folded in
+    w_in: Tensor  # (2E, d_model): in_proj.weight with the norm's weight folded in (rows x, then z)
     conv_w: Tensor  # (d_conv, E)
     w_x: Tensor  # (E, P): x_proj.weight.T, zero columns past R + 2N
     w_dt: Tensor  # (P, E): dt_proj.weight.T, zero rows past R (so B and C columns of x_proj drop out)
@@ -73,7 +74,7 @@ def decode_weights(block: nn.Module) -> DecodeWeights:
         cfg = mixer.cfg
         R, P = cfg.dt_rank, max(16, triton.next_power_of_2(cfg.dt_rank + 2 * cfg.d_state))
         with torch.no_grad():
-            w_in = (mixer.in_proj.weight * block.norm.weight).T.contiguous()
+            w_in = (mixer.in_proj.weight * block.norm.weight).contiguous()
             w_x = mixer.x_proj.weight.new_zeros(cfg.d_inner, P)
             w_x[:, : R + 2 * cfg.d_state] = mixer.x_proj.weight.T
             w_dt = mixer.dt_proj.weight.new_zeros(P, cfg.d_inner)
@@ -105,108 +106,137 @@ if triton is not None:
         return tl.dot(a, b)
 
     @triton.jit
-    def _rows(slots_ptr, B, BLOCK_B: tl.constexpr):
-        """This program's rows, which of them exist, and each one's pool slot (-1: none, or padding)."""
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        rm = rows < B
-        slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
-        return rows, rm, slot
+    def _rscale(u_ptr, rows, rm, Dm, eps, BLOCK_D: tl.constexpr):
+        """RMSNorm's 1/rms of rows `rows` (masked by rm) of u (B, Dm), in fp32."""
+        ds = tl.arange(0, BLOCK_D)
+        u = tl.load(u_ptr + rows[:, None] * Dm + ds[None, :], mask=rm[:, None] & (ds < Dm)[None, :], other=0.0)
+        u = u.to(tl.float32)
+        return 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / Dm + eps)
 
     @triton.jit
-    def _conv(x, conv_ptr, slot, cols, cm, cw_ptr, cb_ptr, E, K: tl.constexpr, STORE: tl.constexpr):
-        """SiLU(causal conv) of the new inputs x (rows, cols) in fp32, continuing each row's (K - 1, E) window
-        (oldest first) in the pool; STORE: the window moves on by one (x, in the pool's dtype, goes last)."""
-        sm = (slot >= 0)[:, None] & cm[None, :]  # padding rows: a zero window, nothing written
-        win = conv_ptr + tl.maximum(slot, 0)[:, None] * (K - 1) * E + cols[None, :]
-        x = x.to(conv_ptr.dtype.element_ty)
-        acc = tl.load(cb_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+    def _conv(x, win, sm, cols, cm, cw_ptr, cb_ptr, E, K: tl.constexpr):
+        """SiLU(causal conv) in fp32 of the new inputs x (fp32), continuing each one's window: `win` points at
+        the oldest of its K - 1 inputs in the pool (rows E apart); the window moves on by one, x (in the pool's
+        dtype) going last. sm: which windows exist (padding rows have none: zeros, nothing written)."""
+        x = x.to(win.dtype.element_ty)
+        acc = tl.load(cb_ptr + cols, mask=cm, other=0.0).to(tl.float32)
         for k in tl.static_range(K - 1):
             v = tl.load(win + k * E, mask=sm, other=0.0)
-            acc += v.to(tl.float32) * tl.load(cw_ptr + k * E + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
-            if STORE and k > 0:
+            acc += v.to(tl.float32) * tl.load(cw_ptr + k * E + cols, mask=cm, other=0.0).to(tl.float32)
+            if k > 0:
                 tl.store(win + (k - 1) * E, v, mask=sm)
-        acc += x.to(tl.float32) * tl.load(cw_ptr + (K - 1) * E + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
-        if STORE:
-            tl.store(win + (K - 2) * E, x, mask=sm)
+        acc += x.to(tl.float32) * tl.load(cw_ptr + (K - 1) * E + cols, mask=cm, other=0.0).to(tl.float32)
+        tl.store(win + (K - 2) * E, x, mask=sm)
         return _silu(acc)
 
     @triton.jit
-    def _in_kernel(u_ptr, w_ptr, conv_ptr, slots_ptr, cw_ptr, cb_ptr, xc_ptr, z_ptr, B, Dm, E, eps,
-                   K: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr):  # fmt: skip
-        """Rows (BLOCK_B) x channels (BLOCK_N) of x and of z = RMSNorm(u) @ W_in; x goes on through the conv."""
-        rows, rm, slot = _rows(slots_ptr, B, BLOCK_B)
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    def _in_gemv_kernel(u_ptr, w_ptr, conv_ptr, slots_ptr, cw_ptr, cb_ptr, wx_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr,
+                        B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_D: tl.constexpr):  # fmt: skip
+        """in + conv for few rows: channels [BLOCK_N * pid, +BLOCK_N) of x and z for every row, this program's
+        W_in rows read once; per row the conv, x and raw z stored, and this block's partial x_proj."""
+        pid = tl.program_id(0)
+        cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         cm = cols < E
-        acc_x = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        acc_z = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        sumsq = tl.zeros([BLOCK_B], dtype=tl.float32)
-        for d0 in range(0, Dm, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            dm = ds < Dm
-            u = tl.load(u_ptr + rows[:, None] * Dm + ds[None, :], mask=rm[:, None] & dm[None, :], other=0.0)
-            sumsq += tl.sum(u.to(tl.float32) * u.to(tl.float32), axis=1)
-            w = w_ptr + ds[:, None] * (2 * E) + cols[None, :]
-            wm = dm[:, None] & cm[None, :]
-            acc_x += _dot(u, tl.load(w, mask=wm, other=0.0), IEEE)
-            acc_z += _dot(u, tl.load(w + E, mask=wm, other=0.0), IEEE)
-        scale = (1.0 / tl.sqrt(sumsq / Dm + eps))[:, None]  # RMSNorm's 1/rms, applied after the product
-        xc = _conv(acc_x * scale, conv_ptr, slot, cols, cm, cw_ptr, cb_ptr, E, K, True)
-        out = rows[:, None] * E + cols[None, :]
-        om = rm[:, None] & cm[None, :]
-        tl.store(xc_ptr + out, xc, mask=om)
-        tl.store(z_ptr + out, acc_z * scale, mask=om)
+        ds = tl.arange(0, BLOCK_D)
+        wm = cm[:, None] & (ds < Dm)[None, :]
+        w_x = tl.load(w_ptr + cols[:, None] * Dm + ds[None, :], mask=wm, other=0.0).to(tl.float32)
+        w_z = tl.load(w_ptr + (E + cols)[:, None] * Dm + ds[None, :], mask=wm, other=0.0).to(tl.float32)
+        ps = tl.arange(0, P)
+        w_p = tl.load(wx_ptr + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0).to(tl.float32)
+        nparts = tl.num_programs(0)
+        for b in range(B):
+            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0).to(tl.float32)
+            scale = 1.0 / tl.sqrt(tl.sum(u * u, axis=0) / Dm + eps)
+            slot = tl.load(slots_ptr + b)
+            win = conv_ptr + tl.maximum(slot, 0) * (K - 1) * E + cols
+            sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
+            x = _conv(tl.sum(w_x * u[None, :], axis=1) * scale, win, sm, cols, cm, cw_ptr, cb_ptr, E, K)
+            x = x.to(xc_ptr.dtype.element_ty)
+            tl.store(xc_ptr + b * E + cols, x, mask=cm)
+            tl.store(z_ptr + b * E + cols, tl.sum(w_z * u[None, :], axis=1), mask=cm)
+            tl.store(part_ptr + (b * nparts + pid) * P + ps, tl.sum(x.to(tl.float32)[:, None] * w_p, axis=0))
+            if pid == 0:
+                tl.store(rs_ptr + b, scale)
 
     @triton.jit
-    def _mixer_kernel(u_ptr, x_ptr, x_stride, z_ptr, z_stride, conv_ptr, slots_ptr, cw_ptr, cb_ptr, wx_ptr, wdt_ptr,
-                      dtb_ptr, a_ptr, d_ptr, ssm_ptr, y_ptr, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
-                      P: tl.constexpr, K: tl.constexpr, HAS_CONV: tl.constexpr, IEEE: tl.constexpr,
-                      BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-        """x_proj, dt, the state update and the gated readout of BLOCK_B rows, for the channel blocks
-        program_id(1), +num_programs(1), ... HAS_CONV: x is in_proj's raw output (the norm's scale and the
-        conv still to apply; then one program owns all of a row's channels); else x is the conv's output."""
-        rows, rm, slot = _rows(slots_ptr, B, BLOCK_B)
-        lp = wx_ptr.dtype.element_ty
-        scale = tl.full([BLOCK_B, 1], 1.0, dtype=tl.float32)
-        if HAS_CONV:
-            sumsq = tl.zeros([BLOCK_B], dtype=tl.float32)
-            for d0 in range(0, Dm, BLOCK_D):
-                ds = d0 + tl.arange(0, BLOCK_D)
-                u = tl.load(u_ptr + rows[:, None] * Dm + ds[None, :], mask=rm[:, None] & (ds < Dm)[None, :], other=0.0)
-                sumsq += tl.sum(u.to(tl.float32) * u.to(tl.float32), axis=1)
-            scale = (1.0 / tl.sqrt(sumsq / Dm + eps))[:, None]
+    def _conv_kernel(u_ptr, xz_ptr, xz_stride, conv_ptr, slots_ptr, cw_ptr, cb_ptr, wx_ptr, xc_ptr, rs_ptr, part_ptr,
+                     B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+        """conv for a (BLOCK_B rows, BLOCK_C channels) tile of in_proj's raw output xz: the norm's scale, the
+        conv, x stored, and the tile's partial x_proj (tensor cores)."""
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        rm = rows < B
+        slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
+        scale = _rscale(u_ptr, rows, rm, Dm, eps, BLOCK_D)
+        pc = tl.program_id(1)
+        cols = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+        cm = cols < E
+        om = rm[:, None] & cm[None, :]
+        x = tl.load(xz_ptr + rows[:, None] * xz_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
+        win = conv_ptr + tl.maximum(slot, 0)[:, None] * (K - 1) * E + cols[None, :]
+        sm = (slot >= 0)[:, None] & cm[None, :]
+        x = _conv(x * scale[:, None], win, sm, cols[None, :], cm[None, :], cw_ptr, cb_ptr, E, K)
+        x = x.to(xc_ptr.dtype.element_ty)
+        tl.store(xc_ptr + rows[:, None] * E + cols[None, :], x, mask=om)
         ps = tl.arange(0, P)
+        w_p = tl.load(wx_ptr + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0)
+        part = _dot(x, w_p, IEEE)
+        tl.store(part_ptr + (rows[:, None] * tl.num_programs(1) + pc) * P + ps[None, :], part, mask=rm[:, None])
+        if pc == 0:
+            tl.store(rs_ptr + rows, scale, mask=rm)
+
+    @triton.jit
+    def _mixer_kernel(xc_ptr, z_ptr, z_stride, rs_ptr, part_ptr, wdt_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
+                      y_ptr, B, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, NPART: tl.constexpr,
+                      IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+        """x_proj (the NPART partial sums of each row added up in order), dt, the state update and the gated
+        readout of a (BLOCK_B rows, BLOCK_C channels) tile."""
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        rm = rows < B
+        slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
+        ps = tl.arange(0, P)
+        js = tl.arange(0, 16)
         xp = tl.zeros([BLOCK_B, P], dtype=tl.float32)
-        for c0 in range(0, E, BLOCK_C):  # pass one: x_proj over every channel
-            cols = c0 + tl.arange(0, BLOCK_C)
-            cm = cols < E
-            x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=rm[:, None] & cm[None, :], other=0.0)
-            if HAS_CONV:
-                x = _conv(x.to(tl.float32) * scale, conv_ptr, slot, cols, cm, cw_ptr, cb_ptr, E, K, False)
-            w = tl.load(wx_ptr + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0)
-            xp += _dot(x.to(lp), w, IEEE)
+        for j0 in tl.static_range(0, NPART, 16):
+            m = rm[:, None, None] & (j0 + js < NPART)[None, :, None]
+            ptr = part_ptr + (rows[:, None, None] * NPART + j0 + js[None, :, None]) * P + ps[None, None, :]
+            xp += tl.sum(tl.load(ptr, mask=m, other=0.0), axis=1)
+        lp = wdt_ptr.dtype.element_ty
         xp = xp.to(lp)  # x_proj's output in the model's dtype, as the eager step has it
-        sm = (slot >= 0)[:, None]
-        for c0 in range(tl.program_id(1) * BLOCK_C, E, tl.num_programs(1) * BLOCK_C):  # pass two: this block
-            cols = c0 + tl.arange(0, BLOCK_C)
-            cm = cols < E
-            om = rm[:, None] & cm[None, :]
-            x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
-            if HAS_CONV:
-                x = _conv(x * scale, conv_ptr, slot, cols, cm, cw_ptr, cb_ptr, E, K, True)
-            dt = _dot(xp, tl.load(wdt_ptr + ps[:, None] * E + cols[None, :], mask=cm[None, :], other=0.0), IEEE)
-            dt = _softplus(dt + tl.load(dtb_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :])
-            y = tl.load(d_ptr + cols, mask=cm, other=0.0)[None, :] * x
-            state = ssm_ptr + tl.maximum(slot, 0)[:, None] * E * N + cols[None, :] * N
-            for n in tl.static_range(N):
-                B_n = tl.sum(tl.where(ps[None, :] == R + n, xp, 0.0).to(tl.float32), axis=1)[:, None]
-                C_n = tl.sum(tl.where(ps[None, :] == R + N + n, xp, 0.0).to(tl.float32), axis=1)[:, None]
-                a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)[None, :]
-                h = tl.exp(dt * a) * tl.load(state + n, mask=sm & cm[None, :], other=0.0) + dt * x * B_n
-                tl.store(state + n, h, mask=sm & cm[None, :])
-                y += h * C_n
-            z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=om, other=0.0).to(tl.float32) * scale
-            tl.store(y_ptr + rows[:, None] * E + cols[None, :], y * _silu(z), mask=om)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cm = cols < E
+        om = rm[:, None] & cm[None, :]
+        sm = (slot >= 0)[:, None] & cm[None, :]
+        x = tl.load(xc_ptr + rows[:, None] * E + cols[None, :], mask=om, other=0.0).to(tl.float32)
+        dt = _dot(xp, tl.load(wdt_ptr + ps[:, None] * E + cols[None, :], mask=cm[None, :], other=0.0), IEEE)
+        dt = _softplus(dt + tl.load(dtb_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :])
+        y = tl.load(d_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :] * x
+        state = ssm_ptr + tl.maximum(slot, 0)[:, None] * E * N + cols[None, :] * N
+        for n in tl.static_range(N):
+            B_n = tl.sum(tl.where(ps[None, :] == R + n, xp.to(tl.float32), 0.0), axis=1)[:, None]
+            C_n = tl.sum(tl.where(ps[None, :] == R + N + n, xp.to(tl.float32), 0.0), axis=1)[:, None]
+            a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)[None, :]
+            h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
+            tl.store(state + n, h, mask=sm)
+            y += h * C_n
+        z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
+        z = z * tl.load(rs_ptr + rows, mask=rm, other=0.0)[:, None]
+        tl.store(y_ptr + rows[:, None] * E + cols[None, :], y * _silu(z), mask=om)
+
+    @triton.jit
+    def _out_gemv_kernel(y_ptr, w_ptr, u_ptr, out_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
+        """out for few rows: outputs [BLOCK_O * pid, +BLOCK_O) of u + y @ W_out.T for every row, this program's
+        W_out rows read once."""
+        outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+        om = outs < Dm
+        es = tl.arange(0, BLOCK_E)
+        w = tl.load(w_ptr + outs[:, None] * E + es[None, :], mask=om[:, None] & (es < E)[None, :], other=0.0)
+        w = w.to(tl.float32)
+        for b in range(B):
+            y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0).to(tl.float32)
+            acc = tl.sum(w * y[None, :], axis=1) + tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0).to(tl.float32)
+            tl.store(out_ptr + b * Dm + outs, acc, mask=om)
 
 
 def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
@@ -215,38 +245,52 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
     ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that layer's pool, updated in place."""
     mixer, w = block.mixer, decode_weights(block)
     cfg = mixer.cfg
-    B, E = u.shape[0], cfg.d_inner
+    (B, Dm), E, P, K = u.shape, cfg.d_inner, w.w_x.shape[1], cfg.d_conv
     u = u.contiguous()
-    if B <= SMALL_BATCH:
-        x = torch.empty(B, E, device=u.device, dtype=torch.float32)  # the conv's output
-        z = torch.empty(B, E, device=u.device, dtype=u.dtype)
-        _in_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_IN))](
-            u, w.w_in, conv, slots, w.conv_w, mixer.conv1d.bias, x, z, B, cfg.d_model, E, _eps(block, u),
-            K=cfg.d_conv, IEEE=_ieee(u), BLOCK_B=BLOCK_ROWS, BLOCK_N=BLOCK_IN, BLOCK_D=BLOCK_D,
+    eps, ieee, lp = _eps(block, u), _ieee(u), u.dtype
+    xc = torch.empty(B, E, device=u.device, dtype=lp)  # the conv's output
+    rs = torch.empty(B, device=u.device, dtype=torch.float32)  # RMSNorm's 1/rms of each row
+    small = B <= SMALL_BATCH
+    nparts = triton.cdiv(E, BLOCK_N if small else BLOCK_C)
+    part = torch.empty(B, nparts, P, device=u.device, dtype=torch.float32)  # x_proj, per channel block
+    if small:
+        z = torch.empty(B, E, device=u.device, dtype=lp)
+        _in_gemv_kernel[(nparts,)](
+            u, w.w_in, conv, slots, w.conv_w, mixer.conv1d.bias, w.w_x, xc, z, rs, part, B, Dm, E, eps, K=K, P=P,
+            BLOCK_N=BLOCK_N, BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
+        )  # fmt: skip
+    else:
+        xz = F.linear(u, w.w_in)  # (B, 2E), before the norm's 1/rms
+        z = xz[:, E:]
+        _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), nparts)](
+            u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, w.w_x, xc, rs, part, B, Dm, E, eps, K=K,
+            P=P, IEEE=ieee, BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C, BLOCK_D=triton.next_power_of_2(Dm),
             num_warps=NUM_WARPS,
         )  # fmt: skip
-        y = mixer_update(block, u, x, z, ssm, conv, slots, has_conv=False)
-    else:
-        xz = u @ w.w_in  # (B, 2E), before the norm's 1/rms
-        y = mixer_update(block, u, xz[:, :E], xz[:, E:], ssm, conv, slots, has_conv=True)
-    return torch.addmm(u, y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
+    y = mixer_update(block, xc, z, rs, part, ssm, slots)
+    if not small:
+        return torch.addmm(u, y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
+    out = torch.empty_like(u)
+    _out_gemv_kernel[(triton.cdiv(Dm, BLOCK_O),)](
+        y, mixer.out_proj.weight, u, out, B, Dm, E, BLOCK_O=BLOCK_O, BLOCK_E=triton.next_power_of_2(E),
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return out
 
 
-def mixer_update(block: nn.Module, u: Tensor, x: Tensor, z: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor,
-                 has_conv: bool) -> Tensor:  # fmt: skip
-    """The mixer kernel: y (B, E) in u's dtype, the state updated in place. has_conv: x and z (rows may be
-    strided) are in_proj's raw output, and the conv runs here (one program a row tile); else x is the conv's
-    output in fp32 and z is scaled (a program per channel block)."""
+def mixer_update(block: nn.Module, xc: Tensor, z: Tensor, rs: Tensor, part: Tensor, ssm: Tensor, slots: Tensor
+                 ) -> Tensor:  # fmt: skip
+    """The mixer kernel: y (B, E) in xc's dtype, the state updated in place. xc (B, E) the conv's output, z
+    (B, E) in_proj's raw z (rows may be strided), rs (B,) the norm's 1/rms, part (B, blocks, P) x_proj's
+    partial sums."""
     mixer, w = block.mixer, decode_weights(block)
     cfg = mixer.cfg
-    B, E = x.shape
-    y = torch.empty(B, E, device=u.device, dtype=u.dtype)
-    channel_programs = 1 if has_conv else triton.cdiv(E, BLOCK_C)
-    _mixer_kernel[(triton.cdiv(B, BLOCK_ROWS), channel_programs)](
-        u, x, x.stride(0), z, z.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, w.w_x, w.w_dt,
-        mixer.dt_proj.bias, w.A, mixer.D, ssm, y, B, cfg.d_model, E, _eps(block, u), R=cfg.dt_rank,
-        N=cfg.d_state, P=w.w_x.shape[1], K=cfg.d_conv, HAS_CONV=has_conv, IEEE=_ieee(u),
-        BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS,
+    B, E = xc.shape
+    y = torch.empty_like(xc)
+    _mixer_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_C))](
+        xc, z, z.stride(0), rs, part, w.w_dt, mixer.dt_proj.bias, w.A, mixer.D, ssm, slots, y, B, E, R=cfg.dt_rank,
+        N=cfg.d_state, P=part.shape[2], NPART=part.shape[1], IEEE=_ieee(xc), BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C,
+        num_warps=NUM_WARPS,
     )  # fmt: skip
     return y
 

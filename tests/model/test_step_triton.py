@@ -20,7 +20,7 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
 
         assert step_triton.available(torch.device("cpu"))
         # one block of channels (E=96) and a ragged third one (E=320); d_state 1 and 4; both launch plans
-        # (the small-batch `in` kernel with channel-split mixer programs, and cuBLAS with the conv in the mixer)
+        # (GEMV kernels for in + conv and for out, and the cuBLAS products with the conv and mixer tiles)
         cases = [(48, 1, 0, 3, 16), (160, 1, 1, 3, 16), (48, 4, 2, 3, 16), (48, 1, 3, 3, 0), (160, 4, 4, 3, 0),
                  (160, 1, 5, 20, 16), (48, 4, 6, 20, 16)]
         for d_model, d_state, seed, rows, small_batch in cases:
