@@ -1,26 +1,24 @@
-"""The decode step of one residual block in three or four launches, reading and writing the slot pool in place.
+"""The decode step of one residual block in four or five launches, reading and writing the slot pool in place.
 
 The eager step (Block's norm + MambaBlock.step) runs about 25 small kernels a layer, plus a gather and a
 scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but those launches. Here:
 
-  in:     u @ W_in, the RMSNorm's weight folded into W_in and its 1/rms applied to the product's rows;
-  conv:   the causal conv's window moved on in place in the pool row, the conv output, SiLU, and this
-          channel block's share of x_proj (a partial sum per block: x_proj needs every channel of a row);
-  mixer:  the partial sums added up in a fixed order, dt = softplus(dt_proj(.)),
-          h = exp(dt A) h + dt x B (in place in the pool row), y = h C + D x, gated by SiLU(z);
-  out:    u + y @ W_out.
+  in:      u @ W_in, the RMSNorm's weight folded into W_in and its 1/rms applied to the product's rows;
+  conv:    the causal conv's window moved on in place in the pool row, the conv output, SiLU;
+  x_proj:  one product (it needs every channel of a row, so it cannot live in a channel-block kernel);
+  mixer:   dt = softplus(dt_proj(.)), h = exp(dt A) h + dt x B (in place in the pool row), y = h C + D x,
+           gated by SiLU(z);
+  out:     u += y @ W_out, in place.
 
 Up to SMALL_BATCH rows, in + conv is one Triton GEMV kernel (each program streams its W_in rows once and
-loops over the rows; the conv is its epilogue) and so is out: three Triton launches a layer, each wide enough to
-keep the memory busy. From there on, in and out are cuBLAS GEMMs and conv and mixer run as (16 rows x channel
-block) tiles on tensor cores: four launches.
+loops over the rows; the conv is its epilogue) and so is out: four launches a layer. From there on, in, x_proj
+and out are cuBLAS products and conv and mixer run as (16 rows x channel block) tiles: five launches.
 
 Weights are laid out for these shapes once per version of the weights (`decode_weights`). Every elementwise
-product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row's partial sums never mix
-with another row's, so a session's bits do not depend on who else is in the batch (for a given launch plan).
-A row whose slot is negative is padding: it reads a zero state and writes nothing, so padded rows of a CUDA
-graph never race on a shared slot. It runs on CUDA; with TRITON_INTERPRET=1 the same kernels run on the CPU,
-which is how CI checks them against the eager step.
+product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row whose slot is negative
+is padding: it reads a zero state and writes nothing, so padded rows of a CUDA graph never race on a shared
+slot. It runs on CUDA; with TRITON_INTERPRET=1 the same kernels run on the CPU, which is how CI checks them
+against the eager step.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ try:
 except ImportError:  # no Triton here: the eager step is the only one
     triton = None
 
-SMALL_BATCH = 16  # up to this many rows: the GEMV kernels for in + conv and for out
+SMALL_BATCH = 4  # up to this many rows: the GEMV kernels for in + conv and for out
 BLOCK_N = 8  # GEMV in + conv: channels of x (and of z) per program
 BLOCK_O = 4  # GEMV out: d_model outputs per program
 BLOCK_ROWS = 16  # conv and mixer tiles: rows (the smallest tensor-core tile)
@@ -130,11 +128,10 @@ if triton is not None:
         return _silu(acc)
 
     @triton.jit
-    def _in_gemv_kernel(u_ptr, w_ptr, conv_ptr, slots_ptr, cw_ptr, cb_ptr, wx_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr,
-                        B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_D: tl.constexpr):  # fmt: skip
+    def _in_gemv_kernel(u_ptr, w_ptr, conv_ptr, slots_ptr, cw_ptr, cb_ptr, xc_ptr, z_ptr, rs_ptr, B, Dm, E, eps,
+                        K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
         """in + conv for few rows: channels [BLOCK_N * pid, +BLOCK_N) of x and z for every row, this program's
-        W_in rows read once; per row the conv, x and raw z stored, and this block's partial x_proj."""
+        W_in rows read once; per row the conv, then x and the raw z stored."""
         pid = tl.program_id(0)
         cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         cm = cols < E
@@ -142,9 +139,6 @@ if triton is not None:
         wm = cm[:, None] & (ds < Dm)[None, :]
         w_x = tl.load(w_ptr + cols[:, None] * Dm + ds[None, :], mask=wm, other=0.0).to(tl.float32)
         w_z = tl.load(w_ptr + (E + cols)[:, None] * Dm + ds[None, :], mask=wm, other=0.0).to(tl.float32)
-        ps = tl.arange(0, P)
-        w_p = tl.load(wx_ptr + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0).to(tl.float32)
-        nparts = tl.num_programs(0)
         for b in range(B):
             u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0).to(tl.float32)
             scale = 1.0 / tl.sqrt(tl.sum(u * u, axis=0) / Dm + eps)
@@ -152,58 +146,42 @@ if triton is not None:
             win = conv_ptr + tl.maximum(slot, 0) * (K - 1) * E + cols
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
             x = _conv(tl.sum(w_x * u[None, :], axis=1) * scale, win, sm, cols, cm, cw_ptr, cb_ptr, E, K)
-            x = x.to(xc_ptr.dtype.element_ty)
             tl.store(xc_ptr + b * E + cols, x, mask=cm)
             tl.store(z_ptr + b * E + cols, tl.sum(w_z * u[None, :], axis=1), mask=cm)
-            tl.store(part_ptr + (b * nparts + pid) * P + ps, tl.sum(x.to(tl.float32)[:, None] * w_p, axis=0))
             if pid == 0:
                 tl.store(rs_ptr + b, scale)
 
     @triton.jit
-    def _conv_kernel(u_ptr, xz_ptr, xz_stride, conv_ptr, slots_ptr, cw_ptr, cb_ptr, wx_ptr, xc_ptr, rs_ptr, part_ptr,
-                     B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
-                     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-        """conv for a (BLOCK_B rows, BLOCK_C channels) tile of in_proj's raw output xz: the norm's scale, the
-        conv, x stored, and the tile's partial x_proj (tensor cores)."""
+    def _conv_kernel(u_ptr, xz_ptr, xz_stride, conv_ptr, slots_ptr, cw_ptr, cb_ptr, xc_ptr, rs_ptr, B, Dm, E, eps,
+                     K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+        """conv for a (BLOCK_B rows, BLOCK_C channels) tile of in_proj's raw output xz: the norm's scale and
+        the conv; x stored."""
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         rm = rows < B
         slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
         scale = _rscale(u_ptr, rows, rm, Dm, eps, BLOCK_D)
-        pc = tl.program_id(1)
-        cols = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         om = rm[:, None] & cm[None, :]
         x = tl.load(xz_ptr + rows[:, None] * xz_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
         win = conv_ptr + tl.maximum(slot, 0)[:, None] * (K - 1) * E + cols[None, :]
         sm = (slot >= 0)[:, None] & cm[None, :]
         x = _conv(x * scale[:, None], win, sm, cols[None, :], cm[None, :], cw_ptr, cb_ptr, E, K)
-        x = x.to(xc_ptr.dtype.element_ty)
         tl.store(xc_ptr + rows[:, None] * E + cols[None, :], x, mask=om)
-        ps = tl.arange(0, P)
-        w_p = tl.load(wx_ptr + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0)
-        part = _dot(x, w_p, IEEE)
-        tl.store(part_ptr + (rows[:, None] * tl.num_programs(1) + pc) * P + ps[None, :], part, mask=rm[:, None])
-        if pc == 0:
+        if tl.program_id(1) == 0:
             tl.store(rs_ptr + rows, scale, mask=rm)
 
     @triton.jit
-    def _mixer_kernel(xc_ptr, z_ptr, z_stride, rs_ptr, part_ptr, wdt_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
-                      y_ptr, B, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, NPART: tl.constexpr,
-                      IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-        """x_proj (the NPART partial sums of each row added up in order), dt, the state update and the gated
-        readout of a (BLOCK_B rows, BLOCK_C channels) tile."""
+    def _mixer_kernel(xc_ptr, z_ptr, z_stride, rs_ptr, xp_ptr, wdt_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
+                      y_ptr, B, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, IEEE: tl.constexpr,
+                      BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+        """dt, the state update and the gated readout of a (BLOCK_B rows, BLOCK_C channels) tile, from x_proj's
+        output xp (B, P): dt_raw, B, C, zero padding."""
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         rm = rows < B
         slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
         ps = tl.arange(0, P)
-        js = tl.arange(0, 16)
-        xp = tl.zeros([BLOCK_B, P], dtype=tl.float32)
-        for j0 in tl.static_range(0, NPART, 16):
-            m = rm[:, None, None] & (j0 + js < NPART)[None, :, None]
-            ptr = part_ptr + (rows[:, None, None] * NPART + j0 + js[None, :, None]) * P + ps[None, None, :]
-            xp += tl.sum(tl.load(ptr, mask=m, other=0.0), axis=1)
-        lp = wdt_ptr.dtype.element_ty
-        xp = xp.to(lp)  # x_proj's output in the model's dtype, as the eager step has it
+        xp = tl.load(xp_ptr + rows[:, None] * P + ps[None, :], mask=rm[:, None], other=0.0)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         om = rm[:, None] & cm[None, :]
@@ -225,9 +203,9 @@ if triton is not None:
         tl.store(y_ptr + rows[:, None] * E + cols[None, :], y * _silu(z), mask=om)
 
     @triton.jit
-    def _out_gemv_kernel(y_ptr, w_ptr, u_ptr, out_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
-        """out for few rows: outputs [BLOCK_O * pid, +BLOCK_O) of u + y @ W_out.T for every row, this program's
-        W_out rows read once."""
+    def _out_gemv_kernel(y_ptr, w_ptr, u_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
+        """out for few rows: outputs [BLOCK_O * pid, +BLOCK_O) of u += y @ W_out.T for every row, this program's
+        W_out rows read once (each program reads and writes only its own outputs of u: in place is safe)."""
         outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
         om = outs < Dm
         es = tl.arange(0, BLOCK_E)
@@ -236,61 +214,52 @@ if triton is not None:
         for b in range(B):
             y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0).to(tl.float32)
             acc = tl.sum(w * y[None, :], axis=1) + tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0).to(tl.float32)
-            tl.store(out_ptr + b * Dm + outs, acc, mask=om)
+            tl.store(u_ptr + b * Dm + outs, acc, mask=om)
 
 
 def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
-    """u + block's mixer(norm(u)) for rows `slots` of one layer's pool: u (B, d_model) -> (B, d_model).
-
-    ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that layer's pool, updated in place."""
+    """u + block's mixer(norm(u)) for rows `slots` of one layer's pool: u (B, d_model), contiguous, is updated
+    in place (the residual stream) and returned. ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that
+    layer's pool, updated in place."""
     mixer, w = block.mixer, decode_weights(block)
     cfg = mixer.cfg
-    (B, Dm), E, P, K = u.shape, cfg.d_inner, w.w_x.shape[1], cfg.d_conv
-    u = u.contiguous()
-    eps, ieee, lp = _eps(block, u), _ieee(u), u.dtype
-    xc = torch.empty(B, E, device=u.device, dtype=lp)  # the conv's output
+    (B, Dm), E, K = u.shape, cfg.d_inner, cfg.d_conv
+    eps = _eps(block, u)
+    xc = torch.empty(B, E, device=u.device, dtype=u.dtype)  # the conv's output
     rs = torch.empty(B, device=u.device, dtype=torch.float32)  # RMSNorm's 1/rms of each row
-    small = B <= SMALL_BATCH
-    nparts = triton.cdiv(E, BLOCK_N if small else BLOCK_C)
-    part = torch.empty(B, nparts, P, device=u.device, dtype=torch.float32)  # x_proj, per channel block
-    if small:
-        z = torch.empty(B, E, device=u.device, dtype=lp)
-        _in_gemv_kernel[(nparts,)](
-            u, w.w_in, conv, slots, w.conv_w, mixer.conv1d.bias, w.w_x, xc, z, rs, part, B, Dm, E, eps, K=K, P=P,
-            BLOCK_N=BLOCK_N, BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
+    if B <= SMALL_BATCH:
+        z = torch.empty(B, E, device=u.device, dtype=u.dtype)
+        _in_gemv_kernel[(triton.cdiv(E, BLOCK_N),)](
+            u, w.w_in, conv, slots, w.conv_w, mixer.conv1d.bias, xc, z, rs, B, Dm, E, eps, K=K, BLOCK_N=BLOCK_N,
+            BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
         )  # fmt: skip
     else:
         xz = F.linear(u, w.w_in)  # (B, 2E), before the norm's 1/rms
         z = xz[:, E:]
-        _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), nparts)](
-            u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, w.w_x, xc, rs, part, B, Dm, E, eps, K=K,
-            P=P, IEEE=ieee, BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C, BLOCK_D=triton.next_power_of_2(Dm),
-            num_warps=NUM_WARPS,
+        _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_C))](
+            u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, xc, rs, B, Dm, E, eps, K=K,
+            BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C, BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
         )  # fmt: skip
-    y = mixer_update(block, xc, z, rs, part, ssm, slots)
-    if not small:
-        return torch.addmm(u, y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
-    out = torch.empty_like(u)
+    y = mixer_update(block, xc, z, rs, ssm, slots)
+    if B > SMALL_BATCH:
+        return u.addmm_(y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
     _out_gemv_kernel[(triton.cdiv(Dm, BLOCK_O),)](
-        y, mixer.out_proj.weight, u, out, B, Dm, E, BLOCK_O=BLOCK_O, BLOCK_E=triton.next_power_of_2(E),
-        num_warps=NUM_WARPS,
+        y, mixer.out_proj.weight, u, B, Dm, E, BLOCK_O=BLOCK_O, BLOCK_E=triton.next_power_of_2(E), num_warps=NUM_WARPS
     )  # fmt: skip
-    return out
+    return u
 
 
-def mixer_update(block: nn.Module, xc: Tensor, z: Tensor, rs: Tensor, part: Tensor, ssm: Tensor, slots: Tensor
-                 ) -> Tensor:  # fmt: skip
-    """The mixer kernel: y (B, E) in xc's dtype, the state updated in place. xc (B, E) the conv's output, z
-    (B, E) in_proj's raw z (rows may be strided), rs (B,) the norm's 1/rms, part (B, blocks, P) x_proj's
-    partial sums."""
+def mixer_update(block: nn.Module, xc: Tensor, z: Tensor, rs: Tensor, ssm: Tensor, slots: Tensor) -> Tensor:
+    """x_proj and the mixer kernel: y (B, E) in xc's dtype, the state updated in place. xc (B, E) the conv's
+    output, z (B, E) in_proj's raw z (rows may be strided), rs (B,) the norm's 1/rms."""
     mixer, w = block.mixer, decode_weights(block)
     cfg = mixer.cfg
     B, E = xc.shape
+    xp = xc @ w.w_x  # (B, P): dt_raw, B, C, zeros
     y = torch.empty_like(xc)
     _mixer_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_C))](
-        xc, z, z.stride(0), rs, part, w.w_dt, mixer.dt_proj.bias, w.A, mixer.D, ssm, slots, y, B, E, R=cfg.dt_rank,
-        N=cfg.d_state, P=part.shape[2], NPART=part.shape[1], IEEE=_ieee(xc), BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C,
-        num_warps=NUM_WARPS,
+        xc, z, z.stride(0), rs, xp, w.w_dt, mixer.dt_proj.bias, w.A, mixer.D, ssm, slots, y, B, E, R=cfg.dt_rank,
+        N=cfg.d_state, P=xp.shape[1], IEEE=_ieee(xc), BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS,
     )  # fmt: skip
     return y
 
