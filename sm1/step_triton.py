@@ -41,7 +41,7 @@ BLOCK_N = 8  # GEMV in + conv: channels of x (and of z) per program
 BLOCK_O = 4  # GEMV out: d_model outputs per program
 BLOCK_ROWS = 16  # conv and mixer tiles: rows (the smallest tensor-core tile)
 BLOCK_C = 128  # conv and mixer tiles: channels
-NUM_WARPS = 4
+NUM_WARPS = 8
 
 
 def available(device: torch.device) -> bool:
