@@ -5,8 +5,8 @@
 # MAMBA_SRC: an unpacked mamba-ssm source tree (its sdist): its Triton state update beside our decode step, and
 # its CUDA scan (built here for sm_90, scripts/build_mamba_scan.py) beside our fused layer.
 # Needs the project's Python dependencies importable (pip install -e . where the machine can reach PyPI) and the
-# data shards in data/music21 for the model comparison. About 35 minutes in all; the GPU calls of 2026-11-23 ran
-# these steps in several parts.
+# data shards in data/music21 for the model comparison. About 40 minutes in all; the GPU calls of 2026-11-23 and
+# 2026-12-04 ran these steps in several parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/gpu_benchmarks.sh OUT_DIR [MAMBA_SRC]}
@@ -30,12 +30,15 @@ step gpu-tests 300 python -m pytest -q -p no:cacheprovider tests/model/test_sele
     tests/model/test_step_triton.py
 step decode 240 python benchmarks/decode.py --out "$OUT/decode" ${MAMBA:+--mamba-src "$MAMBA"}
 step decode-fp32 120 python benchmarks/decode.py --dtype fp32 --contexts '' --out "$OUT/decode-fp32"
+step decode-sweep 200 python benchmarks/decode.py --sweep --models 90m --batches 1,4,16,64,256,1024 --contexts '' \
+    --out "$OUT/decode-sweep"
+step decode-profile 60 python scripts/profile_decode_step.py --models 90m --batches 1,4,1024
 step layer 240 python benchmarks/layer.py --out "$OUT/layer" ${MAMBA:+--mamba-src "$MAMBA"}
 step serve-load 300 python benchmarks/serve_load.py --device cuda --sessions 64,128,256,512,1024 --seconds 15 \
     --settle 5 --capacity 0 --client-procs 8 --out "$OUT/serve-load"
 step gpu-sharing 200 python benchmarks/gpu_sharing.py --out "$OUT/gpu-sharing"
 for workers in 4 8; do
-    step "serve-load-workers$workers" 200 python benchmarks/serve_load.py --device cuda --sessions 512,1024,1536 \
+    step "serve-load-workers$workers" 240 python benchmarks/serve_load.py --device cuda --sessions 512,1024,2048,2560 \
         --seconds 15 --settle 5 --capacity 0 --client-procs 8 --set workers=$workers --set pacing_lead_s=0.5 \
         --out "$OUT/serve-load-workers$workers"
 done
