@@ -40,7 +40,8 @@ SMALL_BATCH = 4  # up to this many rows: the GEMV kernels for in + conv and for 
 BLOCK_N = 8  # GEMV in + conv: channels of x (and of z) per program
 BLOCK_O = 4  # GEMV out: d_model outputs per program
 BLOCK_ROWS = 16  # conv and mixer tiles: rows (the smallest tensor-core tile)
-BLOCK_C = 128  # conv and mixer tiles: channels
+BLOCK_C = 128  # mixer tiles: channels
+BLOCK_CONV = 128  # conv tiles: channels
 NUM_WARPS = 8
 
 
@@ -236,9 +237,9 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
     else:
         xz = F.linear(u, w.w_in)  # (B, 2E), before the norm's 1/rms
         z = xz[:, E:]
-        _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_C))](
+        _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_CONV))](
             u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, xc, rs, B, Dm, E, eps, K=K,
-            BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C, BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
+            BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_CONV, BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
         )  # fmt: skip
     y = mixer_update(block, xc, z, rs, ssm, slots)
     if B > SMALL_BATCH:
