@@ -121,8 +121,8 @@ def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, b
 # (SMALL_BATCH, BLOCK_N, BLOCK_O, BLOCK_ROWS, BLOCK_C, BLOCK_CONV, NUM_WARPS) of sm1/step_triton.py; the first
 # is the default
 SWEEP = [
-    (4, 8, 4, 16, 128, 128, 8), (0, 8, 4, 16, 128, 128, 8), (16, 8, 4, 16, 128, 128, 8), (4, 4, 2, 16, 128, 128, 8),
-    (4, 16, 8, 16, 128, 128, 8), (4, 8, 4, 16, 64, 128, 8), (4, 8, 4, 16, 64, 256, 8), (4, 8, 4, 16, 128, 256, 8),
+    (4, 8, 4, 16, 64, 128, 8), (0, 8, 4, 16, 64, 128, 8), (16, 8, 4, 16, 64, 128, 8), (4, 4, 2, 16, 64, 128, 8),
+    (4, 16, 8, 16, 64, 128, 8), (4, 8, 4, 16, 128, 128, 8), (4, 8, 4, 16, 64, 256, 8), (4, 8, 4, 16, 128, 256, 8),
     (4, 8, 4, 16, 64, 64, 8), (4, 8, 4, 16, 32, 256, 4), (4, 8, 4, 32, 64, 256, 8), (4, 8, 4, 16, 128, 128, 4),
 ]  # fmt: skip
 KNOBS = ("SMALL_BATCH", "BLOCK_N", "BLOCK_O", "BLOCK_ROWS", "BLOCK_C", "BLOCK_CONV", "NUM_WARPS")

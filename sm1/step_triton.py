@@ -40,7 +40,7 @@ SMALL_BATCH = 4  # up to this many rows: the GEMV kernels for in + conv and for 
 BLOCK_N = 8  # GEMV in + conv: channels of x (and of z) per program
 BLOCK_O = 4  # GEMV out: d_model outputs per program
 BLOCK_ROWS = 16  # conv and mixer tiles: rows (the smallest tensor-core tile)
-BLOCK_C = 128  # mixer tiles: channels
+BLOCK_C = 64  # mixer tiles: channels
 BLOCK_CONV = 128  # conv tiles: channels
 NUM_WARPS = 8
 
