@@ -1,5 +1,5 @@
-"""The fused decode step (sm1/step_triton.py), run by Triton's CPU interpreter, against the eager step in
-float64 on fresh random models, states and scattered pool slots."""
+"""The fused decode step (sm1/step_triton.py) against the eager step in float64 on fresh random models, states
+and scattered pool slots: in Triton's CPU interpreter (CI), and compiled on a GPU where there is one."""
 
 import os
 import subprocess
@@ -7,18 +7,25 @@ import sys
 import textwrap
 
 import pytest
+import torch
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
-def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_fused_step_matches_the_float64_eager_step(device):
+    """cpu: the kernels in Triton's interpreter; cuda: compiled."""
     pytest.importorskip("triton", reason="Triton is not installed on this platform")
     code = textwrap.dedent(
         """
         import copy
+        import sys
         import torch
         from sm1.model import SM1, SM1Config
         from sm1 import step_triton
 
-        assert step_triton.available(torch.device("cpu"))
+        dev = torch.device(sys.argv[1])
+        assert step_triton.available(dev)
         # one block of channels (E=96) and a ragged third one (E=320); d_state 1 and 4; both launch plans
         # (GEMV kernels for in + conv and for out, and the cuBLAS products with the conv and mixer tiles)
         cases = [(48, 1, 0, 3, 16), (160, 1, 1, 3, 16), (48, 4, 2, 3, 16), (48, 1, 3, 3, 0), (160, 4, 4, 3, 0),
@@ -26,15 +33,15 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
         for d_model, d_state, seed, rows, small_batch in cases:
             step_triton.SMALL_BATCH = small_batch
             torch.manual_seed(seed)
-            model = SM1(SM1Config(vocab_size=443, d_model=d_model, n_layer=2, d_state=d_state)).eval()
+            model = SM1(SM1Config(vocab_size=443, d_model=d_model, n_layer=2, d_state=d_state)).eval().to(dev)
             with torch.no_grad():  # trained-looking parameters, not the init's zeros and ones
                 for p in model.parameters():
                     p.add_(0.1 * torch.randn_like(p))
             pool = model.allocate_state(41)
             pool.ssm.normal_()
             pool.conv.normal_()
-            slots = torch.randperm(40)[:rows]
-            tokens = torch.randint(0, 443, (rows,))
+            slots = torch.randperm(40)[:rows].to(dev)
+            tokens = torch.randint(0, 443, (rows,)).to(dev)
             ref_model, ref_pool = copy.deepcopy(model).double(), copy.deepcopy(pool)
             ref_pool.ssm, ref_pool.conv = ref_pool.ssm.double(), ref_pool.conv.double()
             for step in range(2):  # twice: the second step reads what the first wrote into the pool
@@ -57,7 +64,7 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
             assert torch.equal(pool.ssm[:, 40], scratch[0]) and torch.equal(pool.conv[:, 40], scratch[1])
             ref = ref_model.step(tokens, ref_pool, slots=slots)
             with_pad = torch.cat([tokens[:1], tokens])  # a padding row (slot -1) second
-            padded_slots = torch.cat([slots[:1], torch.tensor([-1]), slots[1:]])
+            padded_slots = torch.cat([slots[:1], torch.tensor([-1], device=dev), slots[1:]])
             got = model.step(with_pad, pool, slots=padded_slots, fused=True)[[0, *range(2, rows + 1)]]
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
             for mine, want in ((pool.ssm, ref_pool.ssm), (pool.conv, ref_pool.conv)):
@@ -73,7 +80,7 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
         got = model.step(tokens, pool, slots=slots, fused=True)
         assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
         # in bf16 (the GPU's serving dtype) the engine's start-up check passes too, within bf16's rounding
-        bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(torch.bfloat16)
+        bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(dev, torch.bfloat16)
         pool = bf16.allocate_state(5)
         pool.ssm.normal_()
         pool.conv.normal_()
@@ -81,6 +88,6 @@ def test_the_fused_step_matches_the_float64_eager_step_in_the_interpreter():
         print("ok")
         """
     )
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, TRITON_INTERPRET="1" if device == "cpu" else "0")
+    result = subprocess.run([sys.executable, "-c", code, device], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
