@@ -36,6 +36,7 @@ try:
 except ImportError:  # no Triton here: the eager step is the only one
     triton = None
 
+# launch sizes, chosen with `benchmarks/decode.py --sweep` on an H200 (benchmarks/RESULTS.md, 2026-12-04)
 SMALL_BATCH = 4  # up to this many rows: the GEMV kernels for in + conv and for out
 BLOCK_N = 8  # GEMV in + conv: channels of x (and of z) per program
 BLOCK_O = 4  # GEMV out: d_model outputs per program
