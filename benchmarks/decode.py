@@ -4,7 +4,7 @@ the memory floor beside it, and a GPT of the same size with a KV cache.
 SM1 paths (the engine's BatchedStep on a slot pool, so what is timed is what the server runs):
   eager          model.step, about 25 kernels a layer plus a gather and a scatter of the state rows
   eager+graphs   the same captured in a CUDA graph per power-of-two batch (CUDA)
-  fused          each block in three launches on the pool rows in place (sm1/step_triton.py)
+  fused          each block in four or five launches on the pool rows in place (sm1/step_triton.py)
   fused+graphs   both (CUDA)
 Each path's logits are compared with the fp32 eager step of the same model (max |diff|; a bf16 model is
 compared with its fp32 copy, so the bf16 rounding is in the figure). The floor is one read of the weights
@@ -217,7 +217,8 @@ def bench_mamba_peer(src: Path, model: SM1, batches: list[int], device, reps: in
         theirs = functools.partial(module.selective_state_update, state, x, dt, A, Bm, Cm, mixer.D.float(), z=z,
                                    dt_bias=mixer.dt_proj.bias.float(), dt_softplus=True)  # fmt: skip
         lp, rs, slots = mixer.D.dtype, torch.ones(B, device=device), torch.arange(B, device=device)
-        ours = functools.partial(step_triton.mixer_update, block, x.to(lp), z.to(lp), rs, state, slots)
+        w = step_triton.decode_weights(block)
+        ours = functools.partial(step_triton.mixer_update, block, w, x.to(lp), z.to(lp), rs, state, slots)
         for path, fn in (("mamba-ssm selective_state_update", theirs), ("sm1 x_proj + mixer kernel", ours)):
             ms = time_ms(fn, device.type, reps)
             rows.append({"path": path, "d_inner": E, "batch": B, "ms_per_layer": round(ms, 4)})

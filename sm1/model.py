@@ -205,8 +205,8 @@ class SM1(nn.Module):
         """One token per session: tokens (B,) -> logits (B, V) float32.
 
         Updates `state` in place. With `slots` (B,) int64, rows `slots` of a larger pool state are read
-        and written (no copying whole states in and out of the pool). `fused`: each block's step in three
-        launches that work on the pool rows in place (sm1/step_triton.py; CUDA, or the interpreter).
+        and written (no copying whole states in and out of the pool). `fused`: each block's step in four or
+        five launches that work on the pool rows in place (sm1/step_triton.py; CUDA, or the interpreter).
         """
         x = self.embedding(tokens)  # (B, d_model)
         if fused:

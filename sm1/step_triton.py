@@ -229,7 +229,8 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
     eps = _eps(block, u)
     xc = torch.empty(B, E, device=u.device, dtype=u.dtype)  # the conv's output
     rs = torch.empty(B, device=u.device, dtype=torch.float32)  # RMSNorm's 1/rms of each row
-    if B <= SMALL_BATCH:
+    small = B <= SMALL_BATCH
+    if small:
         z = torch.empty(B, E, device=u.device, dtype=u.dtype)
         _in_gemv_kernel[(triton.cdiv(E, BLOCK_N),)](
             u, w.w_in, conv, slots, w.conv_w, mixer.conv1d.bias, xc, z, rs, B, Dm, E, eps, K=K, BLOCK_N=BLOCK_N,
@@ -242,8 +243,8 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
             u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, xc, rs, B, Dm, E, eps, K=K,
             BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_CONV, BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
         )  # fmt: skip
-    y = mixer_update(block, xc, z, rs, ssm, slots)
-    if B > SMALL_BATCH:
+    y = mixer_update(block, w, xc, z, rs, ssm, slots)
+    if not small:
         return u.addmm_(y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
     _out_gemv_kernel[(triton.cdiv(Dm, BLOCK_O),)](
         y, mixer.out_proj.weight, u, B, Dm, E, BLOCK_O=BLOCK_O, BLOCK_E=triton.next_power_of_2(E), num_warps=NUM_WARPS
@@ -251,10 +252,12 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
     return u
 
 
-def mixer_update(block: nn.Module, xc: Tensor, z: Tensor, rs: Tensor, ssm: Tensor, slots: Tensor) -> Tensor:
-    """x_proj and the mixer kernel: y (B, E) in xc's dtype, the state updated in place. xc (B, E) the conv's
-    output, z (B, E) in_proj's raw z (rows may be strided), rs (B,) the norm's 1/rms."""
-    mixer, w = block.mixer, decode_weights(block)
+def mixer_update(block: nn.Module, w: DecodeWeights, xc: Tensor, z: Tensor, rs: Tensor, ssm: Tensor, slots: Tensor
+                 ) -> Tensor:  # fmt: skip
+    """x_proj and the mixer kernel: y (B, E) in xc's dtype, the state updated in place. w: the block's
+    decode_weights; xc (B, E) the conv's output, z (B, E) in_proj's raw z (rows may be strided), rs (B,) the
+    norm's 1/rms."""
+    mixer = block.mixer
     cfg = mixer.cfg
     B, E = xc.shape
     xp = xc @ w.w_x  # (B, P): dt_raw, B, C, zeros
