@@ -4,8 +4,9 @@ the memory floor beside it, and a GPT of the same size with a KV cache.
 SM1 paths (the engine's BatchedStep on a slot pool, so what is timed is what the server runs):
   eager          model.step, about 25 kernels a layer plus a gather and a scatter of the state rows
   eager+graphs   the same captured in a CUDA graph per power-of-two batch (CUDA)
-  fused          each block in four or five launches on the pool rows in place (sm1/step_triton.py)
+  fused          each block in three or four launches on the pool rows in place (sm1/step_triton.py)
   fused+graphs   both (CUDA)
+  compiled+graphs  with --compile: torch.compile of the eager step (Inductor), captured like eager+graphs
 Each path's logits are compared with the fp32 eager step of the same model (max |diff|; a bf16 model is
 compared with its fp32 copy, so the bf16 rounding is in the figure). The floor is one read of the weights
 plus one read and one write of each session's state, at the device's measured copy bandwidth.
@@ -61,24 +62,26 @@ def sm1_models(names: list[str], device: torch.device, dtype: torch.dtype) -> di
     return models
 
 
-FUSED_GRAPHS = {"fused+graphs": (True, True)}
+FUSED_GRAPHS = {"fused+graphs": (True, True, False)}
 
 
-def sm1_paths(device: torch.device) -> dict[str, tuple[bool, bool]]:
-    """name -> (cuda graphs, fused)"""
-    paths = {"eager": (False, False)}
+def sm1_paths(device: torch.device, compiled: bool = False) -> dict[str, tuple[bool, bool, bool]]:
+    """name -> (cuda graphs, fused, torch.compile of the eager step)"""
+    paths = {"eager": (False, False, False)}
     cuda = device.type == "cuda"
     if cuda:
-        paths["eager+graphs"] = (True, False)
+        paths["eager+graphs"] = (True, False, False)
+        if compiled:
+            paths["compiled+graphs"] = (True, False, True)
     if step_triton.available(device):
-        paths["fused"] = (False, True)
+        paths["fused"] = (False, True, False)
         if cuda:
-            paths["fused+graphs"] = (True, True)
+            paths["fused+graphs"] = (True, True, False)
     return paths
 
 
 def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, bandwidth: float, reps: int,
-              paths: dict[str, tuple[bool, bool]] | None = None) -> list[dict]:  # fmt: skip
+              paths: dict[str, tuple[bool, bool, bool]] | None = None) -> list[dict]:  # fmt: skip
     reference = SM1(model.config).to(device).eval()
     reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -94,52 +97,57 @@ def bench_sm1(name: str, model: SM1, batches: list[int], device: torch.device, b
         want = reference.step(tokens, ref_pool, slots=slots)
         state_bytes = ref_pool.select([0]).nbytes()
         floor_ms = (weight_bytes + 2 * B * state_bytes) / bandwidth * 1e3
-        for path, (graphs, fused) in (paths or sm1_paths(device)).items():
+        for path, (graphs, fused, compiled) in (paths or sm1_paths(device)).items():
             pool = model.allocate_state(B + 1)
             pool.ssm.copy_(start.ssm)
             pool.conv.copy_(start.conv)
-            step = BatchedStep(model, pool, scratch_slot=B, use_graphs=graphs, fused=fused)
-            if fused and not step.fused:
-                rows.append({"model": name, "batch": B, "path": path, "error": "fused step unavailable (see log)"})
-                continue
-            got = step(tokens, slots)
-            diff = (got.float() - want).abs().max().item()
+            if compiled:  # an instance attribute over the method: BatchedStep captures the compiled step
+                model.step = torch.compile(SM1.step.__get__(model), dynamic=False)
             try:
-                ms = time_ms(functools.partial(step, tokens, slots), device.type, reps)
-            except torch.OutOfMemoryError:
-                rows.append({"model": name, "batch": B, "path": path, "error": "OOM"})
-                continue
-            rows.append({
-                "model": name, "batch": B, "path": path, "ms_per_step": round(ms, 4),
-                "tokens_per_s": round(B / ms * 1e3), "floor_ms": round(floor_ms, 4), "x_floor": round(ms / floor_ms, 1),
-                "max_abs_diff_vs_fp32": diff,
-            })  # fmt: skip
+                row = time_path(model, pool, B, graphs, fused, tokens, slots, want, device, reps)
+            except Exception as e:  # OOM, or a step torch.compile cannot build here: a row that says so
+                row = {"error": repr(e)[:200]}
+            finally:
+                model.__dict__.pop("step", None)
+            if "ms_per_step" in row:
+                row |= {"floor_ms": round(floor_ms, 4), "x_floor": round(row["ms_per_step"] / floor_ms, 1)}
+            rows.append({"model": name, "batch": B, "path": path} | row)
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-# (SMALL_BATCH, BLOCK_N, BLOCK_O, BLOCK_ROWS, BLOCK_C, BLOCK_CONV, NUM_WARPS) of sm1/step_triton.py; the first
-# is the default
-SWEEP = [
-    (4, 8, 4, 16, 64, 128, 8), (0, 8, 4, 16, 64, 128, 8), (16, 8, 4, 16, 64, 128, 8), (4, 4, 2, 16, 64, 128, 8),
-    (4, 16, 8, 16, 64, 128, 8), (4, 8, 4, 16, 128, 128, 8), (4, 8, 4, 16, 64, 256, 8), (4, 8, 4, 16, 128, 256, 8),
-    (4, 8, 4, 16, 64, 64, 8), (4, 8, 4, 16, 32, 256, 4), (4, 8, 4, 32, 64, 256, 8), (4, 8, 4, 16, 128, 128, 4),
+def time_path(model: SM1, pool, B: int, graphs: bool, fused: bool, tokens, slots, want, device, reps: int) -> dict:
+    """One path's ms a step and its logits' distance from the fp32 eager step's (`want`)."""
+    step = BatchedStep(model, pool, scratch_slot=B, use_graphs=graphs, fused=fused)
+    if fused and not step.fused:
+        return {"error": "fused step unavailable (see log)"}
+    diff = (step(tokens, slots).float() - want).abs().max().item()
+    ms = time_ms(functools.partial(step, tokens, slots), device.type, reps)
+    return {"ms_per_step": round(ms, 4), "tokens_per_s": round(B / ms * 1e3), "max_abs_diff_vs_fp32": diff}
+
+
+# launch settings of sm1/step_triton.py for --sweep: each changes these knobs from the defaults (the first: none)
+KNOBS = ("SMALL_BATCH", "BLOCK_N", "BLOCK_O", "BLOCK_ROWS", "BLOCK_C", "BLOCK_CONV", "FOLD_X_PROJ", "NUM_WARPS",
+         "TILE_WARPS", "PDL")  # fmt: skip
+SWEEP: list[dict] = [
+    {}, {"PDL": False}, {"FOLD_X_PROJ": False}, {"FOLD_X_PROJ": False, "PDL": False}, {"BLOCK_CONV": 256},
+    {"BLOCK_CONV": 256, "BLOCK_C": 128}, {"TILE_WARPS": 4}, {"TILE_WARPS": 4, "BLOCK_C": 32, "BLOCK_CONV": 256},
+    {"BLOCK_N": 16}, {"BLOCK_N": 4, "BLOCK_O": 2}, {"NUM_WARPS": 4}, {"SMALL_BATCH": 16},
 ]  # fmt: skip
-KNOBS = ("SMALL_BATCH", "BLOCK_N", "BLOCK_O", "BLOCK_ROWS", "BLOCK_C", "BLOCK_CONV", "NUM_WARPS")
 
 
 def sweep_step(name: str, model: SM1, batches: list[int], device: torch.device, bandwidth: float, reps: int
                ) -> list[dict]:  # fmt: skip
-    """The fused+graphs step over the kernels' launch sizes (to choose the defaults), each setting checked
+    """The fused+graphs step over the kernels' launch settings (to choose the defaults), each setting checked
     against the fp32 eager step like every path."""
-    defaults = [getattr(step_triton, k) for k in KNOBS]
+    defaults = {k: getattr(step_triton, k) for k in KNOBS}
     rows = []
-    for setting in SWEEP:
-        for k, v in zip(KNOBS, setting, strict=True):
+    for change in SWEEP:
+        knobs = defaults | change
+        for k, v in knobs.items():
             setattr(step_triton, k, v)
-        knobs = dict(zip(KNOBS, setting, strict=True))
         rows += [knobs | r for r in bench_sm1(name, model, batches, device, bandwidth, reps, FUSED_GRAPHS)]
-    for k, v in zip(KNOBS, defaults, strict=True):
+    for k, v in defaults.items():
         setattr(step_triton, k, v)
     return rows
 
@@ -243,6 +251,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--mamba-src", type=Path, help="an unpacked mamba-ssm source tree, for its Triton state update")
     p.add_argument("--sweep", action="store_true", help="also time the fused step over its kernels' launch sizes")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the eager step (CUDA graphs)")
     p.add_argument("--out", default="benchmarks/results/decode")
     args = p.parse_args()
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -263,7 +272,8 @@ def main() -> None:
         for name, model in models.items():
             if args.sweep:
                 result["sweep"] += sweep_step(name, model, batches, device, bandwidth, args.reps)
-            result["sm1"] += bench_sm1(name, model, batches, device, bandwidth, args.reps)
+            paths = sm1_paths(device, compiled=args.compile)
+            result["sm1"] += bench_sm1(name, model, batches, device, bandwidth, args.reps, paths)
             if args.contexts:
                 contexts = [int(c) for c in args.contexts.split(",")]
                 gpt_batches = [int(b) for b in args.gpt_batches.split(",")]

@@ -27,11 +27,13 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
         dev = torch.device(sys.argv[1])
         assert step_triton.available(dev)
         # one block of channels (E=96) and a ragged third one (E=320); d_state 1 and 4; both launch plans
-        # (GEMV kernels for in + conv and for out, and the cuBLAS products with the conv and mixer tiles)
-        cases = [(48, 1, 0, 3, 16), (160, 1, 1, 3, 16), (48, 4, 2, 3, 16), (48, 1, 3, 3, 0), (160, 4, 4, 3, 0),
-                 (160, 1, 5, 20, 16), (48, 4, 6, 20, 16)]
-        for d_model, d_state, seed, rows, small_batch in cases:
-            step_triton.SMALL_BATCH = small_batch
+        # (GEMV kernels for in + conv + x_proj and for out, and the cuBLAS products with the conv and mixer
+        # tiles), x_proj's partial sums folded into the conv tiles or not
+        cases = [(48, 1, 0, 3, 16, True), (160, 1, 1, 3, 16, True), (48, 4, 2, 3, 16, True), (48, 1, 3, 3, 0, True),
+                 (160, 4, 4, 3, 0, True), (160, 1, 5, 20, 16, True), (48, 4, 6, 20, 16, True),
+                 (160, 4, 7, 3, 0, False), (48, 1, 8, 20, 16, False)]
+        for d_model, d_state, seed, rows, small_batch, fold in cases:
+            step_triton.SMALL_BATCH, step_triton.FOLD_X_PROJ = small_batch, fold
             torch.manual_seed(seed)
             model = SM1(SM1Config(vocab_size=443, d_model=d_model, n_layer=2, d_state=d_state)).eval().to(dev)
             with torch.no_grad():  # trained-looking parameters, not the init's zeros and ones
