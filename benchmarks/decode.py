@@ -127,12 +127,11 @@ def time_path(model: SM1, pool, B: int, graphs: bool, fused: bool, tokens, slots
 
 
 # launch settings of sm1/step_triton.py for --sweep: each changes these knobs from the defaults (the first: none)
-KNOBS = ("SMALL_BATCH", "BLOCK_N", "BLOCK_O", "BLOCK_ROWS", "BLOCK_C", "BLOCK_CONV", "FOLD_X_PROJ", "NUM_WARPS",
-         "TILE_WARPS", "PDL")  # fmt: skip
+KNOBS = ("SMALL_BATCH", "BLOCK_N", "BLOCK_O", "BLOCK_ROWS", "BLOCK_C", "BLOCK_CONV", "NUM_WARPS", "TILE_WARPS", "PDL")
 SWEEP: list[dict] = [
-    {}, {"PDL": False}, {"FOLD_X_PROJ": False}, {"FOLD_X_PROJ": False, "PDL": False}, {"BLOCK_CONV": 256},
-    {"BLOCK_CONV": 256, "BLOCK_C": 128}, {"TILE_WARPS": 4}, {"TILE_WARPS": 4, "BLOCK_C": 32, "BLOCK_CONV": 256},
-    {"BLOCK_N": 16}, {"BLOCK_N": 4, "BLOCK_O": 2}, {"NUM_WARPS": 4}, {"SMALL_BATCH": 16},
+    {}, {"PDL": False}, {"BLOCK_N": 16}, {"BLOCK_N": 16, "PDL": False}, {"BLOCK_N": 32}, {"BLOCK_N": 16, "BLOCK_O": 8},
+    {"BLOCK_C": 128}, {"BLOCK_N": 16, "BLOCK_C": 32}, {"TILE_WARPS": 4, "BLOCK_C": 32, "BLOCK_CONV": 256},
+    {"NUM_WARPS": 4}, {"SMALL_BATCH": 8}, {"SMALL_BATCH": 16},
 ]  # fmt: skip
 
 

@@ -1,22 +1,23 @@
-"""The decode step of one residual block in three or four launches, reading and writing the slot pool in place.
+"""The decode step of one residual block in three or five launches, reading and writing the slot pool in place.
 
 The eager step (Block's norm + MambaBlock.step) runs about 25 small kernels a layer, plus a gather and a
 scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but those launches. Here:
 
   in:      u @ W_in, the RMSNorm's weight folded into W_in and its 1/rms applied to the product's rows;
   conv:    the causal conv's window moved on in place in the pool row, the conv output, SiLU;
-  x_proj:  each channel block's share of x_proj, written as a partial sum (x_proj needs every channel of a
-           row, and a channel-block kernel has only its own: the mixer adds the partials up);
+  x_proj:  it needs every channel of a row: a product of its own, or (up to SMALL_BATCH rows) each channel
+           block's share written as a partial sum by the in + conv kernel, which the mixer adds up;
   mixer:   dt = softplus(dt_proj(.)), h = exp(dt A) h + dt x B (in place in the pool row), y = h C + D x,
            gated by SiLU(z);
   out:     u += y @ W_out, in place.
 
 Up to SMALL_BATCH rows, in + conv + x_proj is one Triton GEMV kernel (each program streams its W_in rows once
 and loops over the rows; conv and x_proj are its epilogue), the mixer works a row at a time, and out is a
-GEMV kernel too: three launches a layer. From there on, in and out are cuBLAS products, conv + x_proj and
-the mixer run as (16 rows x channel block) tiles: four launches (five with FOLD_X_PROJ off: x_proj one
-cuBLAS product). On Hopper and later each Triton kernel is a programmatic dependent launch: it starts while
-the kernel before it finishes, reads its weights, and only then waits for that kernel's output.
+GEMV kernel too: three launches a layer. From there on, in, x_proj and out are cuBLAS products and conv and
+the mixer run as (16 rows x channel block) tiles: five launches (x_proj's partial sums in the conv tiles
+were slower there: benchmarks/RESULTS.md, 2026-12-04). On Hopper and later each Triton kernel is a
+programmatic dependent launch: it starts while the kernel before it finishes, reads its weights, and only then
+waits for that kernel's output.
 
 Weights are laid out for these shapes once per version of the weights (`decode_weights`). Every elementwise
 product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row whose slot is negative
@@ -51,7 +52,6 @@ BLOCK_O = 4  # GEMV out: d_model outputs per program
 BLOCK_ROWS = 16  # conv and mixer tiles: rows (the smallest tensor-core tile)
 BLOCK_C = 64  # mixer tiles: channels
 BLOCK_CONV = 128  # conv tiles: channels
-FOLD_X_PROJ = True  # from SMALL_BATCH rows on: x_proj's partial sums in the conv tiles (else a cuBLAS product)
 NUM_WARPS = 8  # GEMV kernels
 TILE_WARPS = 8  # conv and mixer tiles
 PDL = True  # programmatic dependent launch where the GPU has it (Hopper on)
@@ -95,6 +95,9 @@ def decode_weights(block: nn.Module) -> DecodeWeights:
 
 
 if triton is not None:
+    # Loads of what another kernel wrote go through L2 only: under programmatic dependent launch a kernel starts
+    # on SMs where the one before it still runs, and an L1 line that kernel's blocks bring in can go stale.
+    L2 = tl.constexpr(".cg")
 
     @triton.jit
     def _silu(x):
@@ -120,7 +123,8 @@ if triton is not None:
     def _rscale(u_ptr, rows, rm, Dm, eps, BLOCK_D: tl.constexpr):
         """RMSNorm's 1/rms of rows `rows` (masked by rm) of u (B, Dm), in fp32."""
         ds = tl.arange(0, BLOCK_D)
-        u = tl.load(u_ptr + rows[:, None] * Dm + ds[None, :], mask=rm[:, None] & (ds < Dm)[None, :], other=0.0)
+        u = tl.load(u_ptr + rows[:, None] * Dm + ds[None, :], mask=rm[:, None] & (ds < Dm)[None, :], other=0.0,
+                    cache_modifier=L2)  # fmt: skip
         u = u.to(tl.float32)
         return 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / Dm + eps)
 
@@ -132,7 +136,7 @@ if triton is not None:
         x = x.to(win.dtype.element_ty)
         acc = tl.load(cb_ptr + cols, mask=cm, other=0.0).to(tl.float32)
         for k in tl.static_range(K - 1):
-            v = tl.load(win + k * E, mask=sm, other=0.0)
+            v = tl.load(win + k * E, mask=sm, other=0.0, cache_modifier=L2)
             acc += v.to(tl.float32) * tl.load(cw_ptr + k * E + cols, mask=cm, other=0.0).to(tl.float32)
             if k > 0:
                 tl.store(win + (k - 1) * E, v, mask=sm)
@@ -166,7 +170,7 @@ if triton is not None:
         w_p = tl.load(wx_ptr + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0).to(tl.float32)
         _after_previous(PDL)
         for b in range(B):
-            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0).to(tl.float32)
+            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
             scale = 1.0 / tl.sqrt(tl.sum(u * u, axis=0) / Dm + eps)
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + tl.maximum(slot, 0) * (K - 1) * E + cols
@@ -180,33 +184,24 @@ if triton is not None:
                 tl.store(rs_ptr + b, scale)
 
     @triton.jit
-    def _conv_kernel(u_ptr, xz_ptr, xz_stride, conv_ptr, slots_ptr, cw_ptr, cb_ptr, wx_ptr, xc_ptr, rs_ptr, xp_ptr,
-                     B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr, FOLD: tl.constexpr, IEEE: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _conv_kernel(u_ptr, xz_ptr, xz_stride, conv_ptr, slots_ptr, cw_ptr, cb_ptr, xc_ptr, rs_ptr, B, Dm, E, eps,
+                     K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
                      PDL: tl.constexpr):  # fmt: skip
         """conv for a (BLOCK_B rows, BLOCK_C channels) tile of in_proj's raw output xz: the norm's scale and
-        the conv; x stored; with FOLD, these channels' share of x_proj stored as partial sum program_id(1) of
-        xp (channel blocks, B, P)."""
+        the conv; x stored."""
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         rm = rows < B
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
-        ps = tl.arange(0, P)
-        if FOLD:
-            w_p = tl.load(wx_ptr + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0)
         _after_previous(PDL)
         slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
         scale = _rscale(u_ptr, rows, rm, Dm, eps, BLOCK_D)
         om = rm[:, None] & cm[None, :]
-        x = tl.load(xz_ptr + rows[:, None] * xz_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
+        x = tl.load(xz_ptr + rows[:, None] * xz_stride + cols[None, :], mask=om, other=0.0, cache_modifier=L2)
         win = conv_ptr + tl.maximum(slot, 0)[:, None] * (K - 1) * E + cols[None, :]
         sm = (slot >= 0)[:, None] & cm[None, :]
-        x = _conv(x * scale[:, None], win, sm, cols[None, :], cm[None, :], cw_ptr, cb_ptr, E, K)
-        x = x.to(xc_ptr.dtype.element_ty)
+        x = _conv(x.to(tl.float32) * scale[:, None], win, sm, cols[None, :], cm[None, :], cw_ptr, cb_ptr, E, K)
         tl.store(xc_ptr + rows[:, None] * E + cols[None, :], x, mask=om)
-        if FOLD:
-            part = _dot(x, w_p, IEEE)
-            tl.store(xp_ptr + (tl.program_id(1) * B + rows[:, None]) * P + ps[None, :], part, mask=rm[:, None])
         if tl.program_id(1) == 0:
             tl.store(rs_ptr + rows, scale, mask=rm)
 
@@ -230,11 +225,11 @@ if triton is not None:
         slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
         parts = tl.arange(0, BLOCK_PARTS)
         xp = tl.load(xp_ptr + (parts[None, :, None] * B + rows[:, None, None]) * P + ps[None, None, :],
-                     mask=(parts < PARTS)[None, :, None] & rm[:, None, None], other=0.0)  # fmt: skip
+                     mask=(parts < PARTS)[None, :, None] & rm[:, None, None], other=0.0, cache_modifier=L2)  # fmt: skip
         xp = tl.sum(xp.to(tl.float32), axis=1).to(w_dt.dtype)  # x_proj's output in the model's dtype
         om = rm[:, None] & cm[None, :]
         sm = (slot >= 0)[:, None] & cm[None, :]
-        x = tl.load(xc_ptr + rows[:, None] * E + cols[None, :], mask=om, other=0.0).to(tl.float32)
+        x = tl.load(xc_ptr + rows[:, None] * E + cols[None, :], mask=om, other=0.0, cache_modifier=L2).to(tl.float32)
         if BLOCK_B >= 16:
             dt = _dot(xp, w_dt, IEEE)
         else:
@@ -246,11 +241,11 @@ if triton is not None:
             B_n = tl.sum(tl.where(ps[None, :] == R + n, xp.to(tl.float32), 0.0), axis=1)[:, None]
             C_n = tl.sum(tl.where(ps[None, :] == R + N + n, xp.to(tl.float32), 0.0), axis=1)[:, None]
             a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)[None, :]
-            h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
+            h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0, cache_modifier=L2) + dt * x * B_n
             tl.store(state + n, h, mask=sm)
             y += h * C_n
-        z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
-        z = z * tl.load(rs_ptr + rows, mask=rm, other=0.0)[:, None]
+        z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=om, other=0.0, cache_modifier=L2)
+        z = z.to(tl.float32) * tl.load(rs_ptr + rows, mask=rm, other=0.0, cache_modifier=L2)[:, None]
         tl.store(y_ptr + rows[:, None] * E + cols[None, :], y * _silu(z), mask=om)
 
     @triton.jit
@@ -265,8 +260,9 @@ if triton is not None:
         w = w.to(tl.float32)
         _after_previous(PDL)
         for b in range(B):
-            y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0).to(tl.float32)
-            acc = tl.sum(w * y[None, :], axis=1) + tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0, cache_modifier=L2).to(tl.float32)
+            u = tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0, cache_modifier=L2).to(tl.float32)
+            acc = tl.sum(w * y[None, :], axis=1) + u
             tl.store(u_ptr + b * Dm + outs, acc, mask=om)
 
 
@@ -292,12 +288,11 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
     else:
         xz = F.linear(u, w.w_in)  # (B, 2E), before the norm's 1/rms
         z = xz[:, E:]
-        blocks = triton.cdiv(E, BLOCK_CONV)
-        xp = torch.empty(blocks, B, P, device=u.device, dtype=torch.float32) if FOLD_X_PROJ else None
-        _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), blocks)](
-            u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, w.w_x, xc, rs, xp, B, Dm, E, eps, K=K,
-            P=P, FOLD=FOLD_X_PROJ, IEEE=_ieee(u), BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_CONV,
-            BLOCK_D=triton.next_power_of_2(Dm), PDL=pdl, **_launch(TILE_WARPS, pdl),
+        xp = None  # x_proj: one product, in mixer_update
+        _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_CONV))](
+            u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, xc, rs, B, Dm, E, eps, K=K,
+            BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_CONV, BLOCK_D=triton.next_power_of_2(Dm), PDL=pdl,
+            **_launch(TILE_WARPS, pdl),
         )  # fmt: skip
     y = mixer_update(block, w, xc, z, rs, ssm, slots, xp)
     if not small:
