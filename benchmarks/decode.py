@@ -4,7 +4,8 @@ the memory floor beside it, and a GPT of the same size with a KV cache.
 SM1 paths (the engine's BatchedStep on a slot pool, so what is timed is what the server runs):
   eager          model.step, about 25 kernels a layer plus a gather and a scatter of the state rows
   eager+graphs   the same captured in a CUDA graph per power-of-two batch (CUDA)
-  fused          each block in three or four launches on the pool rows in place (sm1/step_triton.py)
+  fused          Triton kernels on the pool rows in place: up to 4 rows one persistent kernel for every layer
+                 (sm1/step_persistent.py), from 5 rows five launches a layer (sm1/step_triton.py)
   fused+graphs   both (CUDA)
   compiled+graphs  with --compile: torch.compile of the eager step (Inductor), captured like eager+graphs
 Each path's logits are compared with the fp32 eager step of the same model (max |diff|; a bf16 model is
@@ -38,7 +39,7 @@ import torch
 from compare_models import matched_gpt_layers
 from scan import copy_bandwidth, time_ms
 
-from sm1 import step_triton
+from sm1 import step_persistent, step_triton
 from sm1.batched_step import BatchedStep
 from sm1.checkpoint import load
 from sm1.gpt import GPT, GPTConfig
@@ -126,12 +127,15 @@ def time_path(model: SM1, pool, B: int, graphs: bool, fused: bool, tokens, slots
     return {"ms_per_step": round(ms, 4), "tokens_per_s": round(B / ms * 1e3), "max_abs_diff_vs_fp32": diff}
 
 
-# launch settings of sm1/step_triton.py for --sweep: each changes these knobs from the defaults (the first: none)
-KNOBS = ("SMALL_BATCH", "BLOCK_N", "BLOCK_O", "BLOCK_ROWS", "BLOCK_C", "BLOCK_CONV", "NUM_WARPS", "TILE_WARPS", "PDL")
+# launch settings of the fused step for --sweep, each a change of these knobs from the defaults (the first: none)
+KNOBS = {"MAX_ROWS": (step_persistent, "MAX_ROWS"), "GRID_SYNC": (step_persistent, "GRID_SYNC"),
+         "persistent BLOCK_C": (step_persistent, "BLOCK_C"), "persistent NUM_WARPS": (step_persistent, "NUM_WARPS"),
+         "BLOCK_ROWS": (step_triton, "BLOCK_ROWS"), "BLOCK_C": (step_triton, "BLOCK_C"),
+         "BLOCK_CONV": (step_triton, "BLOCK_CONV"), "NUM_WARPS": (step_triton, "NUM_WARPS")}  # fmt: skip
 SWEEP: list[dict] = [
-    {}, {"PDL": False}, {"BLOCK_N": 16}, {"BLOCK_N": 16, "PDL": False}, {"BLOCK_N": 32}, {"BLOCK_N": 16, "BLOCK_O": 8},
-    {"BLOCK_C": 128}, {"BLOCK_N": 16, "BLOCK_C": 32}, {"TILE_WARPS": 4, "BLOCK_C": 32, "BLOCK_CONV": 256},
-    {"NUM_WARPS": 4}, {"SMALL_BATCH": 8}, {"SMALL_BATCH": 16},
+    {}, {"GRID_SYNC": False}, {"persistent BLOCK_C": 8}, {"persistent BLOCK_C": 32}, {"persistent NUM_WARPS": 4},
+    {"persistent NUM_WARPS": 16}, {"MAX_ROWS": 0}, {"MAX_ROWS": 16}, {"BLOCK_CONV": 256},
+    {"BLOCK_C": 32, "BLOCK_CONV": 256, "NUM_WARPS": 4},
 ]  # fmt: skip
 
 
@@ -139,15 +143,15 @@ def sweep_step(name: str, model: SM1, batches: list[int], device: torch.device, 
                ) -> list[dict]:  # fmt: skip
     """The fused+graphs step over the kernels' launch settings (to choose the defaults), each setting checked
     against the fp32 eager step like every path."""
-    defaults = {k: getattr(step_triton, k) for k in KNOBS}
+    defaults = {k: getattr(module, attr) for k, (module, attr) in KNOBS.items()}
     rows = []
     for change in SWEEP:
         knobs = defaults | change
         for k, v in knobs.items():
-            setattr(step_triton, k, v)
+            setattr(*KNOBS[k], v)
         rows += [knobs | r for r in bench_sm1(name, model, batches, device, bandwidth, reps, FUSED_GRAPHS)]
     for k, v in defaults.items():
-        setattr(step_triton, k, v)
+        setattr(*KNOBS[k], v)
     return rows
 
 

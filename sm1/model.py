@@ -205,20 +205,24 @@ class SM1(nn.Module):
         """One token per session: tokens (B,) -> logits (B, V) float32.
 
         Updates `state` in place. With `slots` (B,) int64, rows `slots` of a larger pool state are read
-        and written (no copying whole states in and out of the pool). `fused`: each block's step in four or
-        five launches that work on the pool rows in place (sm1/step_triton.py; CUDA, or the interpreter).
+        and written (no copying whole states in and out of the pool). `fused`: Triton kernels that work on
+        the pool rows in place (CUDA, or the interpreter): up to 4 rows every layer in one persistent kernel
+        (sm1/step_persistent.py), from 5 rows each block in five launches (sm1/step_triton.py).
         """
         x = self.embedding(tokens)  # (B, d_model)
         if fused:
-            from sm1.step_triton import block_step
+            from sm1 import step_persistent, step_triton
 
             if slots is None:
                 slots = torch.arange(tokens.shape[0], device=tokens.device)
+            if tokens.shape[0] <= step_persistent.MAX_ROWS:
+                x = step_persistent.layers_step(self, x, state.ssm, state.conv, slots)
+            else:
+                for i, layer in enumerate(self.layers):
+                    x = step_triton.block_step(layer, x, state.ssm[i], state.conv[i], slots)
+            return self.lm_head(self.norm_f(x)).float()
         for i, layer in enumerate(self.layers):
             ssm_i, conv_i = state.ssm[i], state.conv[i]  # (S, E, N), (S, d_conv-1, E)
-            if fused:
-                x = block_step(layer, x, ssm_i, conv_i, slots)
-                continue
             if slots is None:
                 y, h, c = layer.mixer.step(layer.norm(x), ssm_i, conv_i)
                 ssm_i.copy_(h)

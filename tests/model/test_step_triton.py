@@ -1,5 +1,7 @@
-"""The fused decode step (sm1/step_triton.py) against the eager step in float64 on fresh random models, states
-and scattered pool slots: in Triton's CPU interpreter (CI), and compiled on a GPU where there is one."""
+"""The fused decode step (sm1/step_persistent.py up to 4 rows, sm1/step_triton.py from 5) against the eager
+step in float64 on fresh random models, states and scattered pool slots: in Triton's CPU interpreter (CI), and
+compiled on a GPU where there is one, where a CUDA graph's replay and the persistent kernel's barriers must
+also give the bits of the same kernels launched one by one."""
 
 import os
 import subprocess
@@ -26,13 +28,10 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
 
         dev = torch.device(sys.argv[1])
         assert step_triton.available(dev)
-        # one block of channels (E=96) and a ragged third one (E=320); d_state 1 and 4; both launch plans
-        # (GEMV kernels for in + conv + x_proj and for out, and the cuBLAS products with the conv and mixer
-        # tiles)
-        cases = [(48, 1, 0, 3, 16), (160, 1, 1, 3, 16), (48, 4, 2, 3, 16), (48, 1, 3, 3, 0), (160, 4, 4, 3, 0),
-                 (160, 1, 5, 20, 16), (48, 4, 6, 20, 16)]
-        for d_model, d_state, seed, rows, small_batch in cases:
-            step_triton.SMALL_BATCH = small_batch
+        # one block of channels (E=96) and a ragged third one (E=320); d_state 1 and 4; both launch plans (up to
+        # 4 rows every layer in the persistent kernel, phase by phase under the interpreter; from 5 the tiles)
+        cases = [(48, 1, 0, 3), (160, 1, 1, 3), (48, 4, 2, 1), (160, 4, 3, 4), (160, 1, 4, 20), (48, 4, 5, 20)]
+        for d_model, d_state, seed, rows in cases:
             torch.manual_seed(seed)
             model = SM1(SM1Config(vocab_size=443, d_model=d_model, n_layer=2, d_state=d_state)).eval().to(dev)
             with torch.no_grad():  # trained-looking parameters, not the init's zeros and ones
@@ -70,16 +69,19 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
             for mine, want in ((pool.ssm, ref_pool.ssm), (pool.conv, ref_pool.conv)):
                 assert (mine.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
-        # weights changed in place (A_log, the conv) are seen by the next fused step: nothing derived goes stale
-        with torch.no_grad():
-            for net in (model, ref_model):
-                net.layers[0].mixer.A_log.add_(0.5)
-                net.layers[1].mixer.conv1d.weight.mul_(1.5)
-                net.layers[0].norm.weight.mul_(1.25)  # folded into the decode layout of in_proj
-                net.layers[1].mixer.x_proj.weight.add_(0.05)
-        ref = ref_model.step(tokens, ref_pool, slots=slots)
-        got = model.step(tokens, pool, slots=slots, fused=True)
-        assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+        # weights changed in place are seen by the next fused step of either plan: nothing derived goes stale
+        for n, scale in ((3, 1.0), (20, -1.0)):
+            with torch.no_grad():
+                for net in (model, ref_model):
+                    net.layers[0].mixer.A_log.add_(0.5 * scale)
+                    net.layers[1].mixer.conv1d.weight.mul_(1.5)
+                    net.layers[0].norm.weight.mul_(1.25)  # folded into the decode layout of in_proj
+                    net.layers[1].mixer.x_proj.weight.add_(0.05 * scale)
+                    net.layers[0].mixer.out_proj.weight.mul_(0.75)
+                    net.layers[1].mixer.dt_proj.bias.add_(0.1 * scale)
+            ref = ref_model.step(tokens[:n], ref_pool, slots=slots[:n])
+            got = model.step(tokens[:n], pool, slots=slots[:n], fused=True)
+            assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item(), ("weights", n)
         # in bf16 (the GPU's serving dtype) the engine's start-up check passes too, within bf16's rounding
         bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(dev, torch.bfloat16)
         pool = bf16.allocate_state(5)
@@ -91,6 +93,19 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
             # difference is a race between kernels (programmatic dependent launch lets them overlap)
             torch.manual_seed(9)
             wide = SM1(SM1Config(vocab_size=443, d_model=768, n_layer=4)).eval().to(dev, torch.bfloat16)
+            # the persistent kernel's barriers: one launch gives the bits of one launch per phase
+            from sm1 import step_persistent
+            pool = wide.allocate_state(5)
+            pool.ssm.normal_()
+            pool.conv.normal_()
+            twin, u = pool.clone(), wide.embedding(torch.tensor([5, 7, 9], device=dev))
+            slots = torch.tensor([3, 0, 1], device=dev)
+            for step in range(3):
+                one = step_persistent.layers_step(wide, u.clone(), pool.ssm, pool.conv, slots)
+                step_persistent.GRID_SYNC = False
+                phased = step_persistent.layers_step(wide, u.clone(), twin.ssm, twin.conv, slots)
+                step_persistent.GRID_SYNC = True
+                assert torch.equal(one, phased) and torch.equal(pool.ssm, twin.ssm), ("barriers", step)
             for rows in (1, 3, 20):
                 bucket = 1 << (rows - 1).bit_length()
                 pool = wide.allocate_state(rows + 1)
