@@ -133,9 +133,8 @@ KNOBS = {"MAX_ROWS": (step_persistent, "MAX_ROWS"), "GRID_SYNC": (step_persisten
          "BLOCK_ROWS": (step_triton, "BLOCK_ROWS"), "BLOCK_C": (step_triton, "BLOCK_C"),
          "BLOCK_CONV": (step_triton, "BLOCK_CONV"), "NUM_WARPS": (step_triton, "NUM_WARPS")}  # fmt: skip
 SWEEP: list[dict] = [
-    {}, {"GRID_SYNC": False}, {"persistent BLOCK_C": 8}, {"persistent BLOCK_C": 32}, {"persistent NUM_WARPS": 4},
-    {"persistent NUM_WARPS": 16}, {"MAX_ROWS": 0}, {"MAX_ROWS": 16}, {"BLOCK_CONV": 256},
-    {"BLOCK_C": 32, "BLOCK_CONV": 256, "NUM_WARPS": 4},
+    {}, {"GRID_SYNC": False}, {"persistent BLOCK_C": 32}, {"persistent NUM_WARPS": 4}, {"persistent NUM_WARPS": 16},
+    {"MAX_ROWS": 0}, {"MAX_ROWS": 2}, {"BLOCK_CONV": 256}, {"BLOCK_C": 32, "BLOCK_CONV": 256, "NUM_WARPS": 4},
 ]  # fmt: skip
 
 

@@ -13,8 +13,9 @@ and runs the layers' phases, waiting at a barrier for all programs where a phase
            place in the pool row), y = h C + D x gated by SiLU(z) for its channels;          -- barrier
   out:     u += y @ W_out for its outputs of d_model, in place;                              -- barrier
 
-The barriers count arrivals on a zeroed int32 per barrier, so all programs must be resident at once: the
-launch is cooperative (CUDA refuses it otherwise) and needs at most one program per SM's worth of room.
+At a barrier each program raises its flag (a zeroed int32 per program and barrier) and waits for all of them,
+so all programs must be resident at once: the launch is cooperative (CUDA refuses it otherwise). Each phase's
+weights are loaded before the barrier in front of it, so that their loads overlap the wait.
 Without barriers (GRID_SYNC off) the same kernel runs one phase of one layer per launch: that is how the
 CPU interpreter checks it in CI (its programs run one after another, a barrier would never open), and the
 fallback where a cooperative launch is not possible.
@@ -81,62 +82,87 @@ if triton is not None:
     L2 = tl.constexpr(".cg")  # what other programs wrote is read from L2: this SM's L1 may hold it stale
 
     @triton.jit
-    def _grid_sync(count_ptr, programs):
-        """Wait until every program has arrived (count_ptr: this barrier's own counter, zeroed)."""
+    def _grid_sync(flags_ptr, p, programs, BLOCK_PARTS: tl.constexpr):
+        """Wait until every program has raised its flag in flags_ptr (this barrier's own, zeroed). A flag per
+        program rather than one counter: Triton may run a "scalar" atomic on more than one thread (two of
+        them at 16 warps, Triton 3.6), which would count a program twice; a raised flag stays raised."""
         tl.debug_barrier()  # this program's threads have all written
-        arrived = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") + 1
+        tl.atomic_xchg(flags_ptr + p, 1, sem="release", scope="gpu")
+        ps = tl.arange(0, BLOCK_PARTS)
+        pm = ps < programs
+        arrived = 0
         while arrived < programs:
-            arrived = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+            flags = tl.atomic_add(flags_ptr + ps, 0, mask=pm, sem="acquire", scope="gpu")
+            arrived = tl.sum(tl.where(pm, flags, 0), axis=0)
         tl.debug_barrier()
 
     @triton.jit
-    def _phase_in(layer, p, u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, conv_ptr, conv_l, conv_s, slots_ptr,
+    def _in_weights(layer, p, w_in_ptr, w_x_ptr, Dm, E, P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_D: tl.constexpr):  # fmt: skip
+        """Program p's rows of W_in (x, then z) and of x_proj's weight, for `layer`."""
+        cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
+        cm = cols < E
+        ds = tl.arange(0, BLOCK_D)
+        wm = cm[:, None] & (ds < Dm)[None, :]
+        w_in = w_in_ptr + layer * 2 * E * Dm
+        w_x = tl.load(w_in + cols[:, None] * Dm + ds[None, :], mask=wm, other=0.0)
+        w_z = tl.load(w_in + (E + cols)[:, None] * Dm + ds[None, :], mask=wm, other=0.0)
+        w_p = tl.load(w_x_ptr + layer * E * P + cols[:, None] * P + tl.arange(0, P)[None, :], mask=cm[:, None],
+                      other=0.0)  # fmt: skip
+        return w_x, w_z, w_p
+
+    @triton.jit
+    def _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s, slots_ptr,
                   xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         ds = tl.arange(0, BLOCK_D)
         ps = tl.arange(0, P)
-        wm = cm[:, None] & (ds < Dm)[None, :]
-        w_in = w_in_ptr + layer * 2 * E * Dm
-        w_x = tl.load(w_in + cols[:, None] * Dm + ds[None, :], mask=wm, other=0.0).to(tl.float32)
-        w_z = tl.load(w_in + (E + cols)[:, None] * Dm + ds[None, :], mask=wm, other=0.0).to(tl.float32)
-        w_p = tl.load(w_x_ptr + layer * E * P + cols[:, None] * P + ps[None, :], mask=cm[:, None], other=0.0)
         for b in range(B):
             u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
             scale = 1.0 / tl.sqrt(tl.sum(u * u, axis=0) / Dm + eps)
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + layer * conv_l + tl.maximum(slot, 0) * conv_s + cols
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
-            x = _conv(tl.sum(w_x * u[None, :], axis=1) * scale, win, sm, cols, cm, conv_w_ptr + layer * K * E,
-                      conv_b_ptr + layer * E, E, K).to(xc_ptr.dtype.element_ty)  # fmt: skip
+            x = tl.sum(w_x.to(tl.float32) * u[None, :], axis=1) * scale
+            x = _conv(x, win, sm, cols, cm, conv_w_ptr + layer * K * E, conv_b_ptr + layer * E, E, K)
+            x = x.to(xc_ptr.dtype.element_ty)
             tl.store(xc_ptr + b * E + cols, x, mask=cm)
-            tl.store(z_ptr + b * E + cols, tl.sum(w_z * u[None, :], axis=1), mask=cm)
+            tl.store(z_ptr + b * E + cols, tl.sum(w_z.to(tl.float32) * u[None, :], axis=1), mask=cm)
             tl.store(part_ptr + (p * B + b) * P + ps, tl.sum(x.to(tl.float32)[:, None] * w_p.to(tl.float32), axis=0))
             if p == 0:
                 tl.store(rs_ptr + b, scale)
 
     @triton.jit
-    def _phase_mixer(layer, p, programs, xc_ptr, z_ptr, rs_ptr, part_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr, ssm_ptr,
-                     ssm_l, ssm_s, slots_ptr, y_ptr, B, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+    def _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, E, P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Program p's columns of dt_proj's weight, its dt bias and D, for `layer`."""
+        cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
+        cm = cols < E
+        ps = tl.arange(0, P)
+        w_dt = tl.load(w_dt_ptr + layer * P * E + ps[:, None] * E + cols[None, :], mask=cm[None, :], other=0.0)
+        dt_b = tl.load(dt_b_ptr + layer * E + cols, mask=cm, other=0.0)
+        D = tl.load(d_ptr + layer * E + cols, mask=cm, other=0.0)
+        return w_dt, dt_b, D
+
+    @triton.jit
+    def _phase_mixer(layer, p, programs, w_dt, dt_b, D, xc_ptr, z_ptr, rs_ptr, part_ptr, a_ptr, ssm_ptr, ssm_l,
+                     ssm_s, slots_ptr, y_ptr, B, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK_PARTS: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         ps = tl.arange(0, P)
         parts = tl.arange(0, BLOCK_PARTS)
-        w_dt = tl.load(w_dt_ptr + layer * P * E + ps[:, None] * E + cols[None, :], mask=cm[None, :], other=0.0)
-        dt_b = tl.load(dt_b_ptr + layer * E + cols, mask=cm, other=0.0).to(tl.float32)
-        D = tl.load(d_ptr + layer * E + cols, mask=cm, other=0.0).to(tl.float32)
         for b in range(B):
             xp = tl.load(part_ptr + (parts[:, None] * B + b) * P + ps[None, :], mask=(parts < programs)[:, None],
                          other=0.0, cache_modifier=L2)  # fmt: skip
             xp = tl.sum(xp, axis=0).to(w_dt.dtype).to(tl.float32)  # x_proj's output in the model's dtype
-            dt = _softplus(tl.sum(xp[:, None] * w_dt.to(tl.float32), axis=0) + dt_b)
+            dt = _softplus(tl.sum(xp[:, None] * w_dt.to(tl.float32), axis=0) + dt_b.to(tl.float32))
             x = tl.load(xc_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32)
             slot = tl.load(slots_ptr + b)
             sm = cm & (cols * 0 + slot >= 0)
             state = ssm_ptr + layer * ssm_l + tl.maximum(slot, 0) * ssm_s + cols * N
-            y = D * x
+            y = D.to(tl.float32) * x
             for n in tl.static_range(N):
                 B_n = tl.sum(tl.where(ps == R + n, xp, 0.0), axis=0)
                 C_n = tl.sum(tl.where(ps == R + N + n, xp, 0.0), axis=0)
@@ -148,44 +174,59 @@ if triton is not None:
             tl.store(y_ptr + b * E + cols, y * _silu(z), mask=cm)
 
     @triton.jit
-    def _phase_out(layer, p, y_ptr, w_out_ptr, u_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
+    def _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Program p's rows of W_out, for `layer`."""
+        outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
+        es = tl.arange(0, BLOCK_E)
+        wm = (outs < Dm)[:, None] & (es < E)[None, :]
+        return tl.load(w_out_ptr + layer * Dm * E + outs[:, None] * E + es[None, :], mask=wm, other=0.0)
+
+    @triton.jit
+    def _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
         outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
         om = outs < Dm
         es = tl.arange(0, BLOCK_E)
-        w = tl.load(w_out_ptr + layer * Dm * E + outs[:, None] * E + es[None, :], mask=om[:, None] & (es < E)[None, :],
-                    other=0.0).to(tl.float32)  # fmt: skip
         for b in range(B):
             y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0, cache_modifier=L2).to(tl.float32)
             u = tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0, cache_modifier=L2).to(tl.float32)
-            tl.store(u_ptr + b * Dm + outs, tl.sum(w * y[None, :], axis=1) + u, mask=om)
+            tl.store(u_ptr + b * Dm + outs, tl.sum(w_out.to(tl.float32) * y[None, :], axis=1) + u, mask=om)
 
     @triton.jit
     def _layers_kernel(u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr,
                        w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr, z_ptr, rs_ptr,
-                       part_ptr, y_ptr, sync_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
+                       part_ptr, y_ptr, flags_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
                        P: tl.constexpr, K: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
                        BLOCK_PARTS: tl.constexpr):  # fmt: skip
         """Layers [first, last) of the step for B rows, in place on u (B, Dm) and the pool; PHASES: which of
-        in (1), mixer (2) and out (4) to run, all three with GRID_SYNC's barriers between them."""
+        in (1), mixer (2) and out (4) to run, all three with GRID_SYNC's barriers between them. Each phase's
+        weights are read before the barrier in front of it, so that their loads overlap the wait."""
         p = tl.program_id(0)
         programs = tl.num_programs(0)
+        if PHASES & 1:
+            w_x, w_z, w_p = _in_weights(first, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D)
         for layer in range(first, last):
             if PHASES & 1:
-                _phase_in(layer, p, u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, conv_ptr, conv_l, conv_s,
-                          slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C,
-                          BLOCK_D)  # fmt: skip
-            if GRID_SYNC:
-                _grid_sync(sync_ptr + 3 * layer, programs)
+                _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
+                          slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C, BLOCK_D)
             if PHASES & 2:
-                _phase_mixer(layer, p, programs, xc_ptr, z_ptr, rs_ptr, part_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr,
-                             ssm_ptr, ssm_l, ssm_s, slots_ptr, y_ptr, B, E, R, N, P, BLOCK_C, BLOCK_PARTS)  # fmt: skip
+                w_dt, dt_b, D = _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, E, P, BLOCK_C)
             if GRID_SYNC:
-                _grid_sync(sync_ptr + 3 * layer + 1, programs)
+                _grid_sync(flags_ptr + 3 * layer * BLOCK_PARTS, p, programs, BLOCK_PARTS)
+            if PHASES & 2:
+                _phase_mixer(layer, p, programs, w_dt, dt_b, D, xc_ptr, z_ptr, rs_ptr, part_ptr, a_ptr, ssm_ptr,
+                             ssm_l, ssm_s, slots_ptr, y_ptr, B, E, R, N, P, BLOCK_C, BLOCK_PARTS)
             if PHASES & 4:
-                _phase_out(layer, p, y_ptr, w_out_ptr, u_ptr, B, Dm, E, BLOCK_O, BLOCK_E)
+                w_out = _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O, BLOCK_E)
             if GRID_SYNC:
-                _grid_sync(sync_ptr + 3 * layer + 2, programs)
+                _grid_sync(flags_ptr + (3 * layer + 1) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
+            if PHASES & 4:
+                _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O, BLOCK_E)
+            if PHASES & 1:  # the next layer's (the last layer's again at the end: never used)
+                w_x, w_z, w_p = _in_weights(tl.minimum(layer + 1, last - 1), p, w_in_ptr, w_x_ptr, Dm, E, P,
+                                            BLOCK_C, BLOCK_D)  # fmt: skip
+            if GRID_SYNC:
+                _grid_sync(flags_ptr + (3 * layer + 2) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
 
 
 def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
@@ -203,12 +244,12 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
     part = torch.empty(programs, B, P, device=dev, dtype=torch.float32)  # x_proj's partial sums
     eps = _eps(model.layers[0], u)
     grid_sync = GRID_SYNC and dev.type == "cuda"
-    sync = torch.zeros(3 * L if grid_sync else 1, device=dev, dtype=torch.int32)  # the barriers' counters
+    flags = torch.zeros(3 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
 
     def launch(first: int, last: int, phases: int) -> None:
         _layers_kernel[(programs,)](
             u, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out, ssm, ssm.stride(0),
-            ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, sync, first, last, B, Dm,
+            ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, flags, first, last, B, Dm,
             E, eps, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases, GRID_SYNC=grid_sync,
             BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
             BLOCK_D=triton.next_power_of_2(Dm), BLOCK_E=triton.next_power_of_2(E),
