@@ -130,11 +130,10 @@ def time_path(model: SM1, pool, B: int, graphs: bool, fused: bool, tokens, slots
 # launch settings of the fused step for --sweep, each a change of these knobs from the defaults (the first: none)
 KNOBS = {"MAX_ROWS": (step_persistent, "MAX_ROWS"), "GRID_SYNC": (step_persistent, "GRID_SYNC"),
          "persistent BLOCK_C": (step_persistent, "BLOCK_C"), "persistent NUM_WARPS": (step_persistent, "NUM_WARPS"),
-         "BLOCK_ROWS": (step_triton, "BLOCK_ROWS"), "BLOCK_C": (step_triton, "BLOCK_C"),
-         "BLOCK_CONV": (step_triton, "BLOCK_CONV"), "NUM_WARPS": (step_triton, "NUM_WARPS")}  # fmt: skip
+         **{k: (step_triton, k) for k in ("CONV_ROWS", "CONV_C", "CONV_WARPS", "MIXER_ROWS", "MIXER_C", "MIXER_WARPS")}}
 SWEEP: list[dict] = [
-    {}, {"GRID_SYNC": False}, {"persistent BLOCK_C": 32}, {"persistent NUM_WARPS": 4}, {"persistent NUM_WARPS": 16},
-    {"MAX_ROWS": 0}, {"MAX_ROWS": 2}, {"BLOCK_CONV": 256}, {"BLOCK_C": 32, "BLOCK_CONV": 256, "NUM_WARPS": 4},
+    {}, {"GRID_SYNC": False}, {"persistent BLOCK_C": 32}, {"persistent NUM_WARPS": 4}, {"MAX_ROWS": 0},
+    {"MAX_ROWS": 1}, {"CONV_C": 256}, {"MIXER_C": 32, "CONV_C": 256, "CONV_WARPS": 4, "MIXER_WARPS": 4},
 ]  # fmt: skip
 
 

@@ -35,11 +35,9 @@ try:
 except ImportError:  # no Triton here: the eager step is the only one
     triton = None
 
-# launch sizes, chosen with `benchmarks/decode.py --sweep` on an H200 (benchmarks/RESULTS.md, 2026-12-04)
-BLOCK_ROWS = 16  # conv and mixer tiles: rows (the smallest tensor-core tile)
-BLOCK_C = 64  # mixer tiles: channels
-BLOCK_CONV = 128  # conv tiles: channels
-NUM_WARPS = 8
+# launch sizes, chosen with `scripts/tune_decode_tiles.py` on an H200 (benchmarks/RESULTS.md, 2026-12-04)
+CONV_ROWS, CONV_C, CONV_WARPS = 16, 128, 8  # conv tiles: rows x channels, and warps
+MIXER_ROWS, MIXER_C, MIXER_WARPS = 16, 64, 8  # mixer tiles (16 rows: the smallest tensor-core tile)
 
 
 def available(device: torch.device) -> bool:
@@ -181,19 +179,26 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
     """u + block's mixer(norm(u)) for rows `slots` of one layer's pool: u (B, d_model), contiguous, is updated
     in place (the residual stream) and returned. ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that
     layer's pool, updated in place."""
-    mixer, w = block.mixer, decode_weights(block)
-    cfg = mixer.cfg
-    (B, Dm), E, K = u.shape, cfg.d_inner, cfg.d_conv
-    eps = _eps(block, u)
-    xc = torch.empty(B, E, device=u.device, dtype=u.dtype)  # the conv's output
-    rs = torch.empty(B, device=u.device, dtype=torch.float32)  # RMSNorm's 1/rms of each row
+    w = decode_weights(block)
     xz = F.linear(u, w.w_in)  # (B, 2E), before the norm's 1/rms
-    _conv_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_CONV))](
-        u, xz, xz.stride(0), conv, slots, w.conv_w, mixer.conv1d.bias, xc, rs, B, Dm, E, eps, K=K, BLOCK_B=BLOCK_ROWS,
-        BLOCK_C=BLOCK_CONV, BLOCK_D=triton.next_power_of_2(Dm), num_warps=NUM_WARPS,
+    xc, rs = conv_update(block, w, u, xz, conv, slots)
+    y = mixer_update(block, w, xc, xz[:, block.mixer.cfg.d_inner :], rs, ssm, slots)
+    return u.addmm_(y, block.mixer.out_proj.weight.t())  # out_proj and the residual add in one product
+
+
+def conv_update(block: nn.Module, w: DecodeWeights, u: Tensor, xz: Tensor, conv: Tensor, slots: Tensor
+                ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The conv kernel: xc (B, E), the conv's output, and rs (B,) fp32, RMSNorm's 1/rms of each row of u;
+    the windows moved on in place. xz (B, 2E): u @ w.w_in, before the norm's 1/rms."""
+    (B, Dm), E = u.shape, block.mixer.cfg.d_inner
+    xc = torch.empty(B, E, device=u.device, dtype=u.dtype)
+    rs = torch.empty(B, device=u.device, dtype=torch.float32)
+    _conv_kernel[(triton.cdiv(B, CONV_ROWS), triton.cdiv(E, CONV_C))](
+        u, xz, xz.stride(0), conv, slots, w.conv_w, block.mixer.conv1d.bias, xc, rs, B, Dm, E, _eps(block, u),
+        K=block.mixer.cfg.d_conv, BLOCK_B=CONV_ROWS, BLOCK_C=CONV_C, BLOCK_D=triton.next_power_of_2(Dm),
+        num_warps=CONV_WARPS,
     )  # fmt: skip
-    y = mixer_update(block, w, xc, xz[:, E:], rs, ssm, slots)
-    return u.addmm_(y, mixer.out_proj.weight.t())  # out_proj and the residual add in one product
+    return xc, rs
 
 
 def mixer_update(block: nn.Module, w: DecodeWeights, xc: Tensor, z: Tensor, rs: Tensor, ssm: Tensor, slots: Tensor
@@ -206,9 +211,9 @@ def mixer_update(block: nn.Module, w: DecodeWeights, xc: Tensor, z: Tensor, rs: 
     B, E = xc.shape
     xp = xc @ w.w_x  # (B, P): dt_raw, B, C, zeros
     y = torch.empty_like(xc)
-    _mixer_kernel[(triton.cdiv(B, BLOCK_ROWS), triton.cdiv(E, BLOCK_C))](
+    _mixer_kernel[(triton.cdiv(B, MIXER_ROWS), triton.cdiv(E, MIXER_C))](
         xc, z, z.stride(0), rs, xp, w.w_dt, mixer.dt_proj.bias, w.A, mixer.D, ssm, slots, y, B, E, R=cfg.dt_rank,
-        N=cfg.d_state, P=xp.shape[1], IEEE=_ieee(xc), BLOCK_B=BLOCK_ROWS, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS,
+        N=cfg.d_state, P=xp.shape[1], IEEE=_ieee(xc), BLOCK_B=MIXER_ROWS, BLOCK_C=MIXER_C, num_warps=MIXER_WARPS,
     )  # fmt: skip
     return y
 
