@@ -60,10 +60,12 @@ def tune(block: torch.nn.Module, B: int, calls: int, bandwidth: float) -> list[d
     size = dtype.itemsize
     # conv: x read, window read and written, xc written; mixer: xc, z read, y written, the state read and written
     floors = {"conv": (2 * B * E + 2 * B * E * (cfg.d_conv - 1)) * size, "mixer": 3 * B * E * size + 2 * ssm.nbytes}
+    ones = torch.ones(B, device=dev)
     runs = {
-        "conv": (("CONV_ROWS", "CONV_C", "CONV_WARPS"), lambda: step_triton.conv_update(block, w, u, xz, conv, slots)[0]),
-        "mixer": (("MIXER_ROWS", "MIXER_C", "MIXER_WARPS"), lambda: step_triton.mixer_update(
-            block, w, xz[:, :E], xz[:, E:], torch.ones(B, device=dev), ssm, slots)),
+        "conv": (("CONV_ROWS", "CONV_C", "CONV_WARPS"),
+                 lambda: step_triton.conv_update(block, w, u, xz, conv, slots)[0]),
+        "mixer": (("MIXER_ROWS", "MIXER_C", "MIXER_WARPS"),
+                  lambda: step_triton.mixer_update(block, w, xz[:, :E], xz[:, E:], ones, ssm, slots)),
     }  # fmt: skip
     rows = []
     for kernel, (knobs, fn) in runs.items():
@@ -99,9 +101,11 @@ def main() -> None:
     device = torch.device("cuda")
     bandwidth = copy_bandwidth("cuda")
     model = next(iter(sm1_models([args.model], device, torch.bfloat16).values()))
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "command": " ".join(sys.argv), "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
-              "rows": []}  # fmt: skip
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": torch.cuda.get_device_name(),
+        "torch": torch.__version__, "command": " ".join(sys.argv), "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "rows": [],
+    }  # fmt: skip
     with torch.no_grad():
         for B in (int(b) for b in args.batches.split(",")):
             result["rows"] += tune(model.layers[0], B, args.calls, bandwidth)
