@@ -206,8 +206,8 @@ class SM1(nn.Module):
 
         Updates `state` in place. With `slots` (B,) int64, rows `slots` of a larger pool state are read
         and written (no copying whole states in and out of the pool). `fused`: Triton kernels that work on
-        the pool rows in place (CUDA, or the interpreter): up to 4 rows every layer in one persistent kernel
-        (sm1/step_persistent.py), from 5 rows each block in five launches (sm1/step_triton.py).
+        the pool rows in place (CUDA, or the interpreter): one row runs every layer in one persistent kernel
+        (sm1/step_persistent.py), more rows each block in five launches (sm1/step_triton.py).
         """
         x = self.embedding(tokens)  # (B, d_model)
         if fused:

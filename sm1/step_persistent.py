@@ -1,4 +1,4 @@
-"""The decode step of every layer for a few rows in one launch: a persistent kernel with grid-wide barriers.
+"""The decode step of every layer for one row in one launch: a persistent kernel with grid-wide barriers.
 
 At batch 1 a step is latency, not bandwidth: the 90M model's weights take 0.04 ms to read, and a launch of a
 small kernel costs 4-5 us however little it does. Per layer three things need every channel of a row and so
@@ -35,7 +35,9 @@ if triton is not None:
 
     from sm1.step_triton import _conv, _silu, _softplus
 
-MAX_ROWS = 4  # up to this many rows a step is this kernel; from there on, step_triton's tiles
+MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_triton's tiles: its row loops make
+# each further row cost about half the first (90M model, H200: about 0.4, 0.6 and 0.9 ms a step at 1, 2 and 4
+# rows, the tiles about 0.6 at 2 and at 4; benchmarks/RESULTS.md, 2026-12-04)
 BLOCK_C = 16  # channels of d_inner per program: E / BLOCK_C programs
 NUM_WARPS = 8
 GRID_SYNC = True  # one cooperative launch a step on CUDA (else three launches a layer)

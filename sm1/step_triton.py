@@ -11,7 +11,7 @@ scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but
   out:     u += y @ W_out, in place.
 
 in, x_proj and out are cuBLAS products; conv and mixer run as (16 rows x channel block) Triton tiles. This is
-the step from 5 rows on; up to 4 rows every layer runs in one persistent kernel (sm1/step_persistent.py).
+the step from 2 rows on; a single row runs every layer in one persistent kernel (sm1/step_persistent.py).
 
 Weights are laid out for these shapes once per version of the weights (`decode_weights`). Every elementwise
 product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row whose slot is negative
@@ -37,6 +37,7 @@ except ImportError:  # no Triton here: the eager step is the only one
 
 # launch sizes, chosen with `scripts/tune_decode_tiles.py` on an H200 (benchmarks/RESULTS.md, 2026-12-04)
 CONV_ROWS, CONV_C, CONV_WARPS = 16, 128, 8  # conv tiles: rows x channels, and warps
+CONV_C_WIDE, WIDE_FROM = 256, 1024  # from this many rows on, conv tiles this wide (7.7 us against 9.0 at 1024 rows)
 MIXER_ROWS, MIXER_C, MIXER_WARPS = 16, 64, 8  # mixer tiles (16 rows: the smallest tensor-core tile)
 
 
@@ -193,9 +194,10 @@ def conv_update(block: nn.Module, w: DecodeWeights, u: Tensor, xz: Tensor, conv:
     (B, Dm), E = u.shape, block.mixer.cfg.d_inner
     xc = torch.empty(B, E, device=u.device, dtype=u.dtype)
     rs = torch.empty(B, device=u.device, dtype=torch.float32)
-    _conv_kernel[(triton.cdiv(B, CONV_ROWS), triton.cdiv(E, CONV_C))](
+    channels = CONV_C_WIDE if B >= WIDE_FROM else CONV_C
+    _conv_kernel[(triton.cdiv(B, CONV_ROWS), triton.cdiv(E, channels))](
         u, xz, xz.stride(0), conv, slots, w.conv_w, block.mixer.conv1d.bias, xc, rs, B, Dm, E, _eps(block, u),
-        K=block.mixer.cfg.d_conv, BLOCK_B=CONV_ROWS, BLOCK_C=CONV_C, BLOCK_D=triton.next_power_of_2(Dm),
+        K=block.mixer.cfg.d_conv, BLOCK_B=CONV_ROWS, BLOCK_C=channels, BLOCK_D=triton.next_power_of_2(Dm),
         num_warps=CONV_WARPS,
     )  # fmt: skip
     return xc, rs
