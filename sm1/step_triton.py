@@ -22,6 +22,7 @@ against the eager step.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -37,7 +38,8 @@ except ImportError:  # no Triton here: the eager step is the only one
 
 # launch sizes, chosen with `scripts/tune_decode_tiles.py` on an H200 (benchmarks/RESULTS.md, 2026-12-04)
 CONV_ROWS, CONV_C, CONV_WARPS = 16, 128, 8  # conv tiles: rows x channels, and warps
-CONV_C_WIDE, WIDE_FROM = 256, 1024  # from this many rows on, conv tiles this wide (7.7 us against 9.0 at 1024 rows)
+CONV_C_WIDE = 256  # conv tiles this wide where there are still 2 of them per SM (90M model, 1024 rows: 7.7 us
+# against 9.0; the default model's 512 channels make too few of them: 0.262 ms a step against 0.242-0.246)
 MIXER_ROWS, MIXER_C, MIXER_WARPS = 16, 64, 8  # mixer tiles (16 rows: the smallest tensor-core tile)
 
 
@@ -194,7 +196,8 @@ def conv_update(block: nn.Module, w: DecodeWeights, u: Tensor, xz: Tensor, conv:
     (B, Dm), E = u.shape, block.mixer.cfg.d_inner
     xc = torch.empty(B, E, device=u.device, dtype=u.dtype)
     rs = torch.empty(B, device=u.device, dtype=torch.float32)
-    channels = CONV_C_WIDE if B >= WIDE_FROM else CONV_C
+    wide = triton.cdiv(B, CONV_ROWS) * triton.cdiv(E, CONV_C_WIDE) >= 2 * _sm_count(u.device)
+    channels = CONV_C_WIDE if wide else CONV_C
     _conv_kernel[(triton.cdiv(B, CONV_ROWS), triton.cdiv(E, channels))](
         u, xz, xz.stride(0), conv, slots, w.conv_w, block.mixer.conv1d.bias, xc, rs, B, Dm, E, _eps(block, u),
         K=block.mixer.cfg.d_conv, BLOCK_B=CONV_ROWS, BLOCK_C=channels, BLOCK_D=triton.next_power_of_2(Dm),
@@ -218,6 +221,12 @@ def mixer_update(block: nn.Module, w: DecodeWeights, xc: Tensor, z: Tensor, rs: 
         N=cfg.d_state, P=xp.shape[1], IEEE=_ieee(xc), BLOCK_B=MIXER_ROWS, BLOCK_C=MIXER_C, num_warps=MIXER_WARPS,
     )  # fmt: skip
     return y
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """The GPU's multiprocessors (on the CPU: as many as there are cores, for the interpreter's tests)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else os.cpu_count()
 
 
 def _ieee(u: Tensor) -> bool:
