@@ -23,12 +23,13 @@ fallback where a cooperative launch is not possible.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from sm1.step_triton import _eps, decode_weights, triton
+from sm1.step_triton import _eps, _sm_count, decode_weights, triton
 
 if triton is not None:
     import triton.language as tl
@@ -41,6 +42,8 @@ MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_t
 BLOCK_C = 16  # channels of d_inner per program: E / BLOCK_C programs
 NUM_WARPS = 8
 GRID_SYNC = True  # one cooperative launch a step on CUDA (else three launches a layer)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -234,7 +237,8 @@ if triton is not None:
 def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
     """Every block of `model` on u (B, d_model) for rows `slots` of the pool (ssm (L, S, E, N) fp32, conv
     (L, S, d_conv - 1, E), each slot's rows contiguous), in place; u is returned. One launch on CUDA, three
-    a layer under the interpreter (or with GRID_SYNC off)."""
+    a layer under the interpreter, with GRID_SYNC off, or where the GPU cannot hold every program at once
+    (more programs than SMs, or a refused cooperative launch)."""
     cfg = model.config
     w = step_weights(model)
     (B, Dm), E, L = u.shape, cfg.d_inner, cfg.n_layer
@@ -245,10 +249,10 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
     rs = torch.empty(B, device=dev, dtype=torch.float32)
     part = torch.empty(programs, B, P, device=dev, dtype=torch.float32)  # x_proj's partial sums
     eps = _eps(model.layers[0], u)
-    grid_sync = GRID_SYNC and dev.type == "cuda"
+    grid_sync = GRID_SYNC and dev.type == "cuda" and dev not in _NO_COOPERATIVE and programs <= _sm_count(dev)
     flags = torch.zeros(3 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
 
-    def launch(first: int, last: int, phases: int) -> None:
+    def launch(first: int, last: int, phases: int, grid_sync: bool) -> None:
         _layers_kernel[(programs,)](
             u, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out, ssm, ssm.stride(0),
             ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, flags, first, last, B, Dm,
@@ -260,9 +264,16 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
         )  # fmt: skip
 
     if grid_sync:
-        launch(0, L, 7)
-    else:
-        for layer in range(L):
-            for phase in (1, 2, 4):
-                launch(layer, layer + 1, phase)
+        try:
+            launch(0, L, 7, True)
+            return u
+        except RuntimeError as e:  # the GPU cannot hold every program at once (shared under MPS, say)
+            log.warning("cooperative launch refused on %s (%s): the one-row step runs phase by phase", dev, e)
+            _NO_COOPERATIVE.add(dev)
+    for layer in range(L):
+        for phase in (1, 2, 4):
+            launch(layer, layer + 1, phase, False)
     return u
+
+
+_NO_COOPERATIVE: set[torch.device] = set()  # devices that refused the cooperative launch

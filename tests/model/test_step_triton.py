@@ -100,12 +100,14 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
             pool.conv.normal_()
             twin, u = pool.clone(), wide.embedding(torch.tensor([5, 7, 9], device=dev))
             slots = torch.tensor([3, 0, 1], device=dev)
-            for step in range(3):
+            for step, block_c in enumerate((16, 16, 8)):  # 8: 192 programs, more than most GPUs hold at once
+                step_persistent.BLOCK_C = block_c
                 one = step_persistent.layers_step(wide, u.clone(), pool.ssm, pool.conv, slots)
                 step_persistent.GRID_SYNC = False
                 phased = step_persistent.layers_step(wide, u.clone(), twin.ssm, twin.conv, slots)
                 step_persistent.GRID_SYNC = True
                 assert torch.equal(one, phased) and torch.equal(pool.ssm, twin.ssm), ("barriers", step)
+            step_persistent.BLOCK_C = 16
             for rows in (1, 3, 20):
                 bucket = 1 << (rows - 1).bit_length()
                 pool = wide.allocate_state(rows + 1)
