@@ -30,8 +30,11 @@ step gpu-tests 300 python -m pytest -q -p no:cacheprovider tests/model/test_sele
     tests/model/test_step_triton.py
 step decode 240 python benchmarks/decode.py --out "$OUT/decode" ${MAMBA:+--mamba-src "$MAMBA"}
 step decode-fp32 120 python benchmarks/decode.py --dtype fp32 --contexts '' --out "$OUT/decode-fp32"
-step decode-sweep 200 python benchmarks/decode.py --sweep --models 90m --batches 1,4,16,64,256,1024 --contexts '' \
+step decode-sweep 200 python benchmarks/decode.py --sweep --models 90m --batches 1,2,4,16,64,256,1024 --contexts '' \
     --out "$OUT/decode-sweep"
+step decode-tiles 240 python scripts/tune_decode_tiles.py --batches 256,1024 --out "$OUT/decode-tiles"
+step decode-compile 150 python benchmarks/decode.py --compile --models 90m --batches 1,1024 --contexts '' \
+    --out "$OUT/decode-compile"
 step decode-profile 60 python scripts/profile_decode_step.py --models 90m --batches 1,4,1024
 step layer 240 python benchmarks/layer.py --out "$OUT/layer" ${MAMBA:+--mamba-src "$MAMBA"}
 step serve-load 300 python benchmarks/serve_load.py --device cuda --sessions 64,128,256,512,1024 --seconds 15 \
