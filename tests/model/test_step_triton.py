@@ -95,19 +95,20 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
             wide = SM1(SM1Config(vocab_size=443, d_model=768, n_layer=4)).eval().to(dev, torch.bfloat16)
             # the persistent kernel's barriers: one launch gives the bits of one launch per phase
             from sm1 import step_persistent
-            pool = wide.allocate_state(5)
-            pool.ssm.normal_()
-            pool.conv.normal_()
-            twin, u = pool.clone(), wide.embedding(torch.tensor([5, 7, 9], device=dev))
-            slots = torch.tensor([3, 0, 1], device=dev)
-            for step, block_c in enumerate((16, 16, 8)):  # 8: 192 programs, more than most GPUs hold at once
-                step_persistent.BLOCK_C = block_c
-                one = step_persistent.layers_step(wide, u.clone(), pool.ssm, pool.conv, slots)
-                step_persistent.GRID_SYNC = False
-                phased = step_persistent.layers_step(wide, u.clone(), twin.ssm, twin.conv, slots)
-                step_persistent.GRID_SYNC = True
-                assert torch.equal(one, phased) and torch.equal(pool.ssm, twin.ssm), ("barriers", step)
-            step_persistent.BLOCK_C = 16
+            for slots in ([2], [3, 0, 1]):  # one row (the kernel's own case, compiled for it) and three
+                pool = wide.allocate_state(5)
+                pool.ssm.normal_()
+                pool.conv.normal_()
+                twin, u = pool.clone(), wide.embedding(torch.tensor([5, 7, 9][: len(slots)], device=dev))
+                slots = torch.tensor(slots, device=dev)
+                for step, block_c in enumerate((16, 16, 8)):  # 8: 192 programs, more than most GPUs hold at once
+                    step_persistent.BLOCK_C = block_c
+                    one = step_persistent.layers_step(wide, u.clone(), pool.ssm, pool.conv, slots)
+                    step_persistent.GRID_SYNC = False
+                    phased = step_persistent.layers_step(wide, u.clone(), twin.ssm, twin.conv, slots)
+                    step_persistent.GRID_SYNC = True
+                    assert torch.equal(one, phased) and torch.equal(pool.ssm, twin.ssm), ("barriers", len(slots), step)
+                step_persistent.BLOCK_C = 16
             for rows in (1, 3, 20):
                 bucket = 1 << (rows - 1).bit_length()
                 pool = wide.allocate_state(rows + 1)
