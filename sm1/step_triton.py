@@ -225,8 +225,9 @@ def mixer_update(block: nn.Module, w: DecodeWeights, xc: Tensor, z: Tensor, rs: 
 
 @functools.cache
 def _sm_count(device: torch.device) -> int:
-    """The GPU's multiprocessors (on the CPU: as many as there are cores, for the interpreter's tests)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else os.cpu_count()
+    """The GPU's multiprocessors (1 under the interpreter, which runs one program at a time: so its tests
+    take the same tiles on every machine)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _ieee(u: Tensor) -> bool:
