@@ -34,7 +34,7 @@ from sm1.step_triton import _eps, _sm_count, decode_weights, triton
 if triton is not None:
     import triton.language as tl
 
-    from sm1.step_triton import _conv, _silu, _softplus
+    from sm1.step_triton import _conv, _silu, _softplus, _state_update
 
 MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_triton's tiles: its row loops make
 # each further row cost about half the first (90M model, H200: about 0.4, 0.6 and 0.9 ms a step at 1, 2 and 4
@@ -167,14 +167,7 @@ if triton is not None:
             slot = tl.load(slots_ptr + b)
             sm = cm & (cols * 0 + slot >= 0)
             state = ssm_ptr + layer * ssm_l + tl.maximum(slot, 0) * ssm_s + cols * N
-            y = D.to(tl.float32) * x
-            for n in tl.static_range(N):
-                B_n = tl.sum(tl.where(ps == R + n, xp, 0.0), axis=0)
-                C_n = tl.sum(tl.where(ps == R + N + n, xp, 0.0), axis=0)
-                a = tl.load(a_ptr + (layer * E + cols) * N + n, mask=cm, other=0.0)
-                h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
-                tl.store(state + n, h, mask=sm)
-                y += h * C_n
+            y = _state_update(D.to(tl.float32) * x, dt, x, xp, ps, a_ptr + layer * E * N, cols, cm, state, sm, R, N, 0)
             z = tl.load(z_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32) * tl.load(rs_ptr + b)
             tl.store(y_ptr + b * E + cols, y * _silu(z), mask=cm)
 

@@ -127,6 +127,21 @@ if triton is not None:
         return _silu(acc)
 
     @triton.jit
+    def _state_update(y, dt, x, xp, ps, a_ptr, cols, cm, state, sm, R: tl.constexpr, N: tl.constexpr,
+                      AXIS: tl.constexpr):  # fmt: skip
+        """h = exp(dt A) h + dt x B for each of the N states (in place at `state`, masked by sm), returning
+        y + sum_n h C. xp (fp32): x_proj's output along AXIS (dt_raw, B, C at positions ps); cols, cm: the
+        channels of dt and x, which index A (E, N) at a_ptr."""
+        for n in tl.static_range(N):
+            B_n = tl.sum(tl.where(ps == R + n, xp, 0.0), axis=AXIS, keep_dims=True)
+            C_n = tl.sum(tl.where(ps == R + N + n, xp, 0.0), axis=AXIS, keep_dims=True)
+            a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)
+            h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
+            tl.store(state + n, h, mask=sm)
+            y += h * C_n
+        return y
+
+    @triton.jit
     def _conv_kernel(u_ptr, xz_ptr, xz_stride, conv_ptr, slots_ptr, cw_ptr, cb_ptr, xc_ptr, rs_ptr, B, Dm, E, eps,
                      K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
         """conv for a (BLOCK_B rows, BLOCK_C channels) tile of in_proj's raw output xz: the norm's scale and
@@ -166,13 +181,8 @@ if triton is not None:
         dt = _softplus(dt + tl.load(dtb_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :])
         y = tl.load(d_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :] * x
         state = ssm_ptr + tl.maximum(slot, 0)[:, None] * E * N + cols[None, :] * N
-        for n in tl.static_range(N):
-            B_n = tl.sum(tl.where(ps[None, :] == R + n, xp.to(tl.float32), 0.0), axis=1)[:, None]
-            C_n = tl.sum(tl.where(ps[None, :] == R + N + n, xp.to(tl.float32), 0.0), axis=1)[:, None]
-            a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)[None, :]
-            h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
-            tl.store(state + n, h, mask=sm)
-            y += h * C_n
+        y = _state_update(y, dt, x, xp.to(tl.float32), ps[None, :], a_ptr, cols[None, :], cm[None, :], state, sm,
+                          R, N, 1)  # fmt: skip
         z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
         z = z * tl.load(rs_ptr + rows, mask=rm, other=0.0)[:, None]
         tl.store(y_ptr + rows[:, None] * E + cols[None, :], y * _silu(z), mask=om)
