@@ -61,20 +61,21 @@ def tune(block: torch.nn.Module, B: int, calls: int, bandwidth: float) -> list[d
     # conv: x read, window read and written, xc written; mixer: xc, z read, y written, the state read and written
     floors = {"conv": (2 * B * E + 2 * B * E * (cfg.d_conv - 1)) * size, "mixer": 3 * B * E * size + 2 * ssm.nbytes}
     ones = torch.ones(B, device=dev)
-    runs = {
-        "conv": (("CONV_ROWS", "CONV_C", "CONV_WARPS"),
+    runs = {  # each tile's rows, channels and warps go to these knobs (the conv's width to both of its widths)
+        "conv": ((("CONV_ROWS",), ("CONV_C", "CONV_C_WIDE"), ("CONV_WARPS",)),
                  lambda: step_triton.conv_update(block, w, u, xz, conv, slots)[0]),
-        "mixer": (("MIXER_ROWS", "MIXER_C", "MIXER_WARPS"),
+        "mixer": ((("MIXER_ROWS",), ("MIXER_C",), ("MIXER_WARPS",)),
                   lambda: step_triton.mixer_update(block, w, xz[:, :E], xz[:, E:], ones, ssm, slots)),
     }  # fmt: skip
     rows = []
     for kernel, (knobs, fn) in runs.items():
-        defaults = [getattr(step_triton, k) for k in knobs]
+        defaults = {n: getattr(step_triton, n) for names in knobs for n in names}
         saved = conv.clone(), ssm.clone()
         want = fn().float()
         for setting in itertools.product(ROWS, CHANNELS, WARPS):
-            for k, v in zip(knobs, setting, strict=True):
-                setattr(step_triton, k, v)
+            for names, v in zip(knobs, setting, strict=True):
+                for n in names:
+                    setattr(step_triton, n, v)
             conv.copy_(saved[0])
             ssm.copy_(saved[1])
             row = {"kernel": kernel, "batch": B, "rows": setting[0], "channels": setting[1], "warps": setting[2]}
@@ -86,8 +87,8 @@ def tune(block: torch.nn.Module, B: int, calls: int, bandwidth: float) -> list[d
                 row["error"] = repr(e)[:120]
             rows.append(row)
             print(json.dumps(row), flush=True)
-        for k, v in zip(knobs, defaults, strict=True):
-            setattr(step_triton, k, v)
+        for n, v in defaults.items():
+            setattr(step_triton, n, v)
     return rows
 
 
