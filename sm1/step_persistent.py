@@ -34,7 +34,7 @@ from sm1.step_triton import _eps, _sm_count, decode_weights, triton
 if triton is not None:
     import triton.language as tl
 
-    from sm1.step_triton import _conv, _silu, _softplus, _state_update
+    from sm1.step_triton import _conv, _inv_rms, _silu, _softplus, _state_update
 
 MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_triton's tiles: its row loops make
 # each further row cost about half the first (90M model, H200: about 0.4, 0.6 and 0.9 ms a step at 1, 2 and 4
@@ -126,7 +126,7 @@ if triton is not None:
         ps = tl.arange(0, P)
         for b in range(B):
             u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
-            scale = 1.0 / tl.sqrt(tl.sum(u * u, axis=0) / Dm + eps)
+            scale = _inv_rms(u, Dm, eps, 0)
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + layer * conv_l + tl.maximum(slot, 0) * conv_s + cols
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)

@@ -103,12 +103,16 @@ if triton is not None:
         return tl.dot(a, b)
 
     @triton.jit
+    def _inv_rms(u, Dm, eps, AXIS: tl.constexpr):
+        """RMSNorm's 1/rms along AXIS of u (fp32, zero past Dm)."""
+        return 1.0 / tl.sqrt(tl.sum(u * u, axis=AXIS) / Dm + eps)
+
+    @triton.jit
     def _rscale(u_ptr, rows, rm, Dm, eps, BLOCK_D: tl.constexpr):
         """RMSNorm's 1/rms of rows `rows` (masked by rm) of u (B, Dm), in fp32."""
         ds = tl.arange(0, BLOCK_D)
         u = tl.load(u_ptr + rows[:, None] * Dm + ds[None, :], mask=rm[:, None] & (ds < Dm)[None, :], other=0.0)
-        u = u.to(tl.float32)
-        return 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / Dm + eps)
+        return _inv_rms(u.to(tl.float32), Dm, eps, 1)
 
     @triton.jit
     def _conv(x, win, sm, cols, cm, cw_ptr, cb_ptr, E, K: tl.constexpr):
