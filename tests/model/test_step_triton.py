@@ -59,7 +59,7 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
             assert batched.fused
             ref = ref_model.step(tokens, ref_pool, slots=slots)
             scratch = pool.ssm[:, 40].clone(), pool.conv[:, 40].clone()
-            got = batched(tokens, slots)  # 3 rows are padded to 16 with slot -1: read as zeros, never written
+            got = batched(tokens, slots)  # rows padded to 16 with slot -1: read as zeros, never written
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
             assert torch.equal(pool.ssm[:, 40], scratch[0]) and torch.equal(pool.conv[:, 40], scratch[1])
             ref = ref_model.step(tokens, ref_pool, slots=slots)
