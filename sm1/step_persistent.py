@@ -41,6 +41,7 @@ MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_t
 # rows, the tiles about 0.6 at 2 and at 4; benchmarks/RESULTS.md, 2026-12-04)
 BLOCK_C = 16  # channels of d_inner per program: E / BLOCK_C programs
 NUM_WARPS = 8
+COPIES = 4  # copies of the residual that the programs' shares of out_proj are added to (a power of 2)
 GRID_SYNC = True  # one cooperative launch a step on CUDA (else three launches a layer)
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,16 @@ if triton is not None:
         tl.debug_barrier()
 
     @triton.jit
-    def _residual(layer, u_ptr, res_ptr, b, idx, mask, B, Dm):
+    def _residual(layer, u_ptr, res_ptr, b, idx, mask, B, Dm, COPIES: tl.constexpr):
         """Row b of the residual stream entering `layer`, at positions idx, in fixed point: the step's input
-        u (model dtype) at layer 0, else what the layer before left in res (2, B, Dm)."""
+        u (model dtype) at layer 0, else the sum of the copies the layer before left in res (2, COPIES, B, Dm)."""
         if layer == 0:
             r = (tl.load(u_ptr + b * Dm + idx, mask=mask, other=0.0).to(tl.float32) * FIX).to(tl.int64)
         else:
-            r = tl.load(res_ptr + ((layer % 2) * B + b) * Dm + idx, mask=mask, other=0, cache_modifier=L2)
+            cs = tl.arange(0, COPIES)[:, None]
+            r = tl.load(res_ptr + (((layer % 2) * COPIES + cs) * B + b) * Dm + idx[None, :], mask=mask[None, :],
+                        other=0, cache_modifier=L2)  # fmt: skip
+            r = tl.sum(r, axis=0)
         return r
 
     @triton.jit
@@ -137,7 +141,8 @@ if triton is not None:
     @triton.jit
     def _phase_in(layer, p, w_x, w_z, w_p, u_ptr, res_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
                   slots_ptr, xc_ptr, z_ptr, part_ptr, B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+                  COPIES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
+                  BLOCK_D: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         ds = tl.arange(0, BLOCK_D)
@@ -145,12 +150,14 @@ if triton is not None:
         outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
         om = outs < Dm
         for b in range(B):
-            u = _residual(layer, u_ptr, res_ptr, b, ds, ds < Dm, B, Dm).to(tl.float32) * (1.0 / FIX)
+            u = _residual(layer, u_ptr, res_ptr, b, ds, ds < Dm, B, Dm, COPIES).to(tl.float32) * (1.0 / FIX)
             scale = _inv_rms(u, Dm, eps, 0)
-            # this program's outputs of d_model carried into the next layer's residual, which the mixer
-            # phase's out_proj adds to
-            tl.store(res_ptr + (((layer + 1) % 2) * B + b) * Dm + outs,
-                     _residual(layer, u_ptr, res_ptr, b, outs, om, B, Dm), mask=om)  # fmt: skip
+            # this program's outputs of d_model carried into the next layer's residual (its first copy; the
+            # others zeroed), which the mixer phase's out_proj adds to
+            mine = _residual(layer, u_ptr, res_ptr, b, outs, om, B, Dm, COPIES)
+            cs = tl.arange(0, COPIES)[:, None]
+            tl.store(res_ptr + ((((layer + 1) % 2) * COPIES + cs) * B + b) * Dm + outs[None, :],
+                     tl.where(cs == 0, mine[None, :], 0), mask=om[None, :])  # fmt: skip
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + layer * conv_l + tl.maximum(slot, 0) * conv_s + cols
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
@@ -179,6 +186,7 @@ if triton is not None:
     @triton.jit
     def _phase_mixer(layer, p, programs, w_dt, dt_b, D, w_out, xc_ptr, z_ptr, part_ptr, a_ptr, ssm_ptr, ssm_l,
                       ssm_s, slots_ptr, res_ptr, B, Dm, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+                     COPIES: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_PARTS: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
@@ -198,17 +206,18 @@ if triton is not None:
             z = tl.load(z_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32)
             y = (y * _silu(z)).to(w_out.dtype).to(tl.float32)  # (out_proj's input in the model's dtype)
             # out_proj of this program's channels, added to the next layer's residual: in fixed point, so that
-            # the sum of all programs' shares is the same whatever order their atomic adds land in
+            # the sum of all programs' shares is the same whatever order their atomic adds land in; into one
+            # of COPIES copies, so that fewer programs queue on each address
             out = tl.sum(w_out.to(tl.float32) * y[None, :], axis=1)
-            tl.atomic_add(res_ptr + (((layer + 1) % 2) * B + b) * Dm + ds, (out * FIX).to(tl.int64), mask=ds < Dm,
-                          sem="relaxed")  # fmt: skip
+            copy = (((layer + 1) % 2) * COPIES + p % COPIES) * B + b
+            tl.atomic_add(res_ptr + copy * Dm + ds, (out * FIX).to(tl.int64), mask=ds < Dm, sem="relaxed")
 
     @triton.jit
     def _layers_kernel(u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr,
                        w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr, z_ptr, part_ptr,
                        res_ptr, flags_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
                        P: tl.constexpr, K: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr,
+                       COPIES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_PARTS: tl.constexpr):  # fmt: skip
         """Layers [first, last) of the step for B rows, in place on the pool; PHASES: which of in (1) and
         mixer (2) to run, both with GRID_SYNC's barriers after them, and (4) u (B, Dm) written from the
@@ -218,34 +227,38 @@ if triton is not None:
         programs = tl.num_programs(0)
         if PHASES & 1:
             w_x, w_z, w_p = _in_weights(first, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D)
+        if PHASES & 2:
+            w_dt, dt_b, D, w_out = _mixer_weights(first, p, w_dt_ptr, dt_b_ptr, d_ptr, w_out_ptr, Dm, E, P, BLOCK_C,
+                                                  BLOCK_D)  # fmt: skip
         for layer in range(first, last):
+            ahead = tl.minimum(layer + 1, last - 1)  # the layer whose weights load during this one (at the end:
+            # the last again, never used)
             if PHASES & 1:
                 _phase_in(layer, p, w_x, w_z, w_p, u_ptr, res_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
-                          slots_ptr, xc_ptr, z_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C, BLOCK_O,
+                          slots_ptr, xc_ptr, z_ptr, part_ptr, B, Dm, E, eps, K, P, COPIES, BLOCK_C, BLOCK_O,
                           BLOCK_D)  # fmt: skip
             if GRID_SYNC:
                 _arrive(flags_ptr + 2 * layer * BLOCK_PARTS, p)
-            if PHASES & 2:
-                w_dt, dt_b, D, w_out = _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, w_out_ptr, Dm, E, P,
-                                                      BLOCK_C, BLOCK_D)  # fmt: skip
+            if PHASES & 1:
+                w_x, w_z, w_p = _in_weights(ahead, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D)
             if GRID_SYNC:
                 _wait(flags_ptr + 2 * layer * BLOCK_PARTS, programs, BLOCK_PARTS)
             if PHASES & 2:
                 _phase_mixer(layer, p, programs, w_dt, dt_b, D, w_out, xc_ptr, z_ptr, part_ptr, a_ptr, ssm_ptr,
-                             ssm_l, ssm_s, slots_ptr, res_ptr, B, Dm, E, R, N, P, BLOCK_C, BLOCK_D,
+                             ssm_l, ssm_s, slots_ptr, res_ptr, B, Dm, E, R, N, P, COPIES, BLOCK_C, BLOCK_D,
                              BLOCK_PARTS)  # fmt: skip
             if GRID_SYNC:
                 _arrive(flags_ptr + (2 * layer + 1) * BLOCK_PARTS, p)
-            if PHASES & 1:  # the next layer's (the last layer's again at the end: never used)
-                w_x, w_z, w_p = _in_weights(tl.minimum(layer + 1, last - 1), p, w_in_ptr, w_x_ptr, Dm, E, P,
-                                            BLOCK_C, BLOCK_D)  # fmt: skip
+            if PHASES & 2:
+                w_dt, dt_b, D, w_out = _mixer_weights(ahead, p, w_dt_ptr, dt_b_ptr, d_ptr, w_out_ptr, Dm, E, P,
+                                                      BLOCK_C, BLOCK_D)  # fmt: skip
             if GRID_SYNC:
                 _wait(flags_ptr + (2 * layer + 1) * BLOCK_PARTS, programs, BLOCK_PARTS)
         if PHASES & 4:
             outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
             om = outs < Dm
             for b in range(B):
-                r = _residual(last, u_ptr, res_ptr, b, outs, om, B, Dm)
+                r = _residual(last, u_ptr, res_ptr, b, outs, om, B, Dm, COPIES)
                 tl.store(u_ptr + b * Dm + outs, (r.to(tl.float32) * (1.0 / FIX)).to(u_ptr.dtype.element_ty), mask=om)
 
 
@@ -262,7 +275,7 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
     dev, dtype = u.device, u.dtype
     xc, z = (torch.empty(B, E, device=dev, dtype=dtype) for _ in range(2))
     part = torch.empty(programs, B, P, device=dev, dtype=torch.float32)  # x_proj's partial sums
-    res = torch.empty(2, B, Dm, device=dev, dtype=torch.int64)  # the residual stream, fixed point, two layers'
+    res = torch.empty(2, COPIES, B, Dm, device=dev, dtype=torch.int64)  # the residual stream, fixed point, two layers'
     eps = _eps(model.layers[0], u)
     grid_sync = GRID_SYNC and dev.type == "cuda" and dev not in _NO_COOPERATIVE and programs <= _sm_count(dev)
     flags = torch.zeros(2 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
@@ -272,7 +285,7 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
             u, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out, ssm, ssm.stride(0),
             ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, part, res, flags, first, last, B,
             Dm, E, eps, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases, GRID_SYNC=grid_sync,
-            BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
+            COPIES=COPIES, BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
             BLOCK_D=triton.next_power_of_2(Dm), BLOCK_PARTS=triton.next_power_of_2(programs), num_warps=NUM_WARPS,
             **({"launch_cooperative_grid": True} if grid_sync else {}),
         )  # fmt: skip
