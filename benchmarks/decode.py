@@ -5,8 +5,7 @@ SM1 paths (the engine's BatchedStep on a slot pool, so what is timed is what the
   eager          model.step, about 25 kernels a layer plus a gather and a scatter of the state rows
   eager+graphs   the same captured in a CUDA graph per power-of-two batch (CUDA)
   fused          Triton kernels on the pool rows in place: one row, one persistent kernel for every layer
-                 (sm1/step_persistent.py); more rows, five launches a layer (sm1/step_triton.py), four from
-                 its IN_CONV_MIN_ROWS rows on (in_proj and the conv in one kernel)
+                 (sm1/step_persistent.py); more rows, five launches a layer (sm1/step_triton.py)
   fused+graphs   both (CUDA)
   compiled+graphs  with --compile: torch.compile of the eager step (Inductor), captured like eager+graphs
 Each path's logits are compared with the fp32 eager step of the same model (max |diff|; a bf16 model is
@@ -131,13 +130,9 @@ def time_path(model: SM1, pool, B: int, graphs: bool, fused: bool, tokens, slots
 # launch settings of the fused step for --sweep, each a change of these knobs from the defaults (the first: none)
 KNOBS = {"MAX_ROWS": (step_persistent, "MAX_ROWS"), "GRID_SYNC": (step_persistent, "GRID_SYNC"),
          "persistent BLOCK_C": (step_persistent, "BLOCK_C"), "persistent NUM_WARPS": (step_persistent, "NUM_WARPS"),
-         **{k: (step_triton, k) for k in ("CONV_ROWS", "CONV_C", "CONV_WARPS", "MIXER_ROWS", "MIXER_C", "MIXER_WARPS",
-                                          "IN_CONV_MIN_ROWS", "IN_CONV_M", "IN_CONV_N", "IN_CONV_K", "IN_CONV_WARPS",
-                                          "IN_CONV_STAGES")}}  # fmt: skip
-# IN_CONV_MIN_ROWS: cuBLAS in_proj + the conv tiles at every batch, beside the one kernel from 2 rows on
+         **{k: (step_triton, k) for k in ("CONV_ROWS", "CONV_C", "CONV_WARPS", "MIXER_ROWS", "MIXER_C", "MIXER_WARPS")}}
 SWEEP: list[dict] = [
     {}, {"GRID_SYNC": False}, {"MAX_ROWS": 0}, {"MAX_ROWS": 4}, {"CONV_C": 256}, {"MIXER_WARPS": 4},
-    {"IN_CONV_MIN_ROWS": 10**9}, {"IN_CONV_MIN_ROWS": 2},
 ]  # fmt: skip
 
 

@@ -3,9 +3,7 @@
 At batch 1024 a step of the 90M model spends half its GPU time in these two kernels, each at 2-2.5x its
 memory floor. This times each kernel of one block by itself (CUDA graph of `--calls` launches, median of 5
 replays) for every (rows, channels, warps) tile, checks its output against the default tile's, and prints
-the memory floor beside it (the bytes it must move at the device's copy bandwidth). Then the in_proj + conv
-kernel over its (rows, channels, BLOCK_K, warps, stages) tiles beside what it replaces, cuBLAS's in_proj and
-the conv kernel, each tile's xc, z and windows checked against theirs:
+the memory floor beside it (the bytes it must move at the device's copy bandwidth):
 
     python scripts/tune_decode_tiles.py --batches 256,1024 --out benchmarks/results/tune-tiles
 """
@@ -20,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from decode import sm1_models, table
@@ -29,8 +26,6 @@ from scan import copy_bandwidth
 from sm1 import step_triton
 
 ROWS, CHANNELS, WARPS = (16, 32, 64), (32, 64, 128, 256), (2, 4, 8)
-IN_CONV_TILES = list(itertools.product((64, 128), (64, 128, 256), (64,), (4, 8), (3, 4)))  # M, N, K, warps, stages
-IN_CONV_KNOBS = ("IN_CONV_M", "IN_CONV_N", "IN_CONV_K", "IN_CONV_WARPS", "IN_CONV_STAGES")
 
 
 def graph_us(fn, calls: int) -> float:
@@ -97,60 +92,11 @@ def tune(block: torch.nn.Module, B: int, calls: int, bandwidth: float) -> list[d
     return rows
 
 
-def tune_in_conv(block: torch.nn.Module, B: int, calls: int, bandwidth: float) -> list[dict]:
-    """The in_proj + conv kernel over IN_CONV_TILES beside cuBLAS's in_proj followed by the conv kernel (the
-    path below IN_CONV_MIN_ROWS, with its default tiles), on the same rows; each tile's xc, z and moved
-    windows are checked against that path's (max |diff|)."""
-    cfg, dev, dtype = block.mixer.cfg, block.norm.weight.device, block.norm.weight.dtype
-    E, D = cfg.d_inner, cfg.d_model
-    gen = torch.Generator(device=dev).manual_seed(B)
-    u = torch.randn(B, D, device=dev, generator=gen).to(dtype)
-    conv = torch.randn(B, cfg.d_conv - 1, E, device=dev, generator=gen).to(dtype)
-    slots = torch.randperm(B, device=dev, generator=gen)
-    w = step_triton.decode_weights(block)
-    size = dtype.itemsize
-    # W_in and u read, the window read and written, xc and z written
-    floor = (w.w_in.numel() + B * D + 2 * B * E * (cfg.d_conv - 1) + 2 * B * E) * size
-
-    def cublas() -> tuple[torch.Tensor, ...]:
-        xz = F.linear(u, w.w_in)
-        return step_triton.conv_update(block, w, u, xz, conv, slots)[0], xz[:, E:]
-
-    def fused() -> tuple[torch.Tensor, ...]:
-        return step_triton.in_conv_update(block, w, u, conv, slots)[:2]
-
-    saved = conv.clone()
-    want = *(t.float() for t in cublas()), conv.float()
-    runs = [("in_proj+conv cuBLAS", cublas, None)] + [("in_proj+conv", fused, t) for t in IN_CONV_TILES]
-    defaults = {n: getattr(step_triton, n) for n in IN_CONV_KNOBS}
-    rows = []
-    for kernel, fn, tile in runs:
-        row = {"kernel": kernel, "batch": B}
-        if tile is not None:
-            for n, v in zip(IN_CONV_KNOBS, tile, strict=True):
-                setattr(step_triton, n, v)
-            row |= dict(zip(("rows", "channels", "block_k", "warps", "stages"), tile, strict=True))
-        try:
-            conv.copy_(saved)
-            got = *(t.float() for t in fn()), conv.float()
-            row["max_abs_diff_vs_cublas"] = max((g - v).abs().max().item() for g, v in zip(got, want, strict=True))
-            row["us"] = round(graph_us(fn, calls), 2)
-            row["x_floor"] = round(row["us"] / (floor / bandwidth * 1e6), 2)
-        except Exception as e:  # a tile Triton cannot build (too many registers, shared memory)
-            row["error"] = repr(e)[:120]
-        for n, v in defaults.items():
-            setattr(step_triton, n, v)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="90m")
     p.add_argument("--batches", default="256,1024")
     p.add_argument("--calls", type=int, default=20)
-    p.add_argument("--kernels", default="tiles,in_conv", help="tiles (the conv and mixer tiles), in_conv, or both")
     p.add_argument("--out", default="benchmarks/results/tune-tiles")
     args = p.parse_args()
     device = torch.device("cuda")
@@ -163,16 +109,12 @@ def main() -> None:
     }  # fmt: skip
     with torch.no_grad():
         for B in (int(b) for b in args.batches.split(",")):
-            if "tiles" in args.kernels.split(","):
-                result["rows"] += tune(model.layers[0], B, args.calls, bandwidth)
-            if "in_conv" in args.kernels.split(","):
-                result["rows"] += tune_in_conv(model.layers[0], B, args.calls, bandwidth)
+            result["rows"] += tune(model.layers[0], B, args.calls, bandwidth)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
     ranked = sorted((r for r in result["rows"] if "us" in r), key=lambda r: (r["kernel"], r["batch"], r["us"]))
-    print(table(ranked, ["kernel", "batch", "rows", "channels", "block_k", "warps", "stages", "us", "x_floor",
-                         "max_abs_diff_vs_default", "max_abs_diff_vs_cublas"]))  # fmt: skip
+    print(table(ranked, ["kernel", "batch", "rows", "channels", "warps", "us", "x_floor", "max_abs_diff_vs_default"]))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_t
 # rows, the tiles about 0.6 at 2 and at 4; benchmarks/RESULTS.md, 2026-12-04)
 BLOCK_C = 16  # channels of d_inner per program: E / BLOCK_C programs
 NUM_WARPS = 8
-COPIES = 4  # copies of the residual that the programs' shares of out_proj are added to (a power of 2)
 GRID_SYNC = True  # one cooperative launch a step on CUDA (else three launches a layer)
 
 log = logging.getLogger(__name__)
@@ -86,42 +85,21 @@ def step_weights(model: nn.Module) -> StepWeights:
 
 if triton is not None:
     L2 = tl.constexpr(".cg")  # what other programs wrote is read from L2: this SM's L1 may hold it stale
-    FIX = tl.constexpr(4294967296.0)  # the residual stream in int64 fixed point, 2^-32 a unit (see the docstring)
 
     @triton.jit
-    def _arrive(flags_ptr, p):
-        """Raise program p's flag of a barrier (its own zeroed row of flags): everything this program wrote
-        before is seen by a program that has waited for the flag. A flag per program rather than one counter:
-        Triton may run a "scalar" atomic on more than one thread (two of them at 16 warps, Triton 3.6), which
-        would count a program twice; a raised flag stays raised."""
+    def _grid_sync(flags_ptr, p, programs, BLOCK_PARTS: tl.constexpr):
+        """Wait until every program has raised its flag in flags_ptr (this barrier's own, zeroed). A flag per
+        program rather than one counter: Triton may run a "scalar" atomic on more than one thread (two of
+        them at 16 warps, Triton 3.6), which would count a program twice; a raised flag stays raised."""
         tl.debug_barrier()  # this program's threads have all written
         tl.atomic_xchg(flags_ptr + p, 1, sem="release", scope="gpu")
-
-    @triton.jit
-    def _wait(flags_ptr, programs, BLOCK_PARTS: tl.constexpr):
-        """Wait until every program has raised its flag: polled with acquire loads (polling with atomics
-        serializes the programs' polls in L2). Between a barrier's _arrive and _wait a program may load what
-        nobody writes (the next phase's weights): a load before _arrive would hold up its release."""
-        ps = tl.arange(0, BLOCK_PARTS)  # (the flags row is BLOCK_PARTS long, zeros past `programs`)
+        ps = tl.arange(0, BLOCK_PARTS)
+        pm = ps < programs
         arrived = 0
         while arrived < programs:
-            flags = tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [flags_ptr + ps],
-                                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
-            arrived = tl.sum(flags, axis=0)
+            flags = tl.atomic_add(flags_ptr + ps, 0, mask=pm, sem="acquire", scope="gpu")
+            arrived = tl.sum(tl.where(pm, flags, 0), axis=0)
         tl.debug_barrier()
-
-    @triton.jit
-    def _residual(layer, u_ptr, res_ptr, b, idx, mask, B, Dm, COPIES: tl.constexpr):
-        """Row b of the residual stream entering `layer`, at positions idx, in fixed point: the step's input
-        u (model dtype) at layer 0, else the sum of the copies the layer before left in res (2, COPIES, B, Dm)."""
-        if layer == 0:
-            r = (tl.load(u_ptr + b * Dm + idx, mask=mask, other=0.0).to(tl.float32) * FIX).to(tl.int64)
-        else:
-            cs = tl.arange(0, COPIES)[:, None]
-            r = tl.load(res_ptr + (((layer % 2) * COPIES + cs) * B + b) * Dm + idx[None, :], mask=mask[None, :],
-                        other=0, cache_modifier=L2)  # fmt: skip
-            r = tl.sum(r, axis=0)
-        return r
 
     @triton.jit
     def _in_weights(layer, p, w_in_ptr, w_x_ptr, Dm, E, P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -139,25 +117,16 @@ if triton is not None:
         return w_x, w_z, w_p
 
     @triton.jit
-    def _phase_in(layer, p, w_x, w_z, w_p, u_ptr, res_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
-                  slots_ptr, xc_ptr, z_ptr, part_ptr, B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr,
-                  COPIES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-                  BLOCK_D: tl.constexpr):  # fmt: skip
+    def _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s, slots_ptr,
+                  xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         ds = tl.arange(0, BLOCK_D)
         ps = tl.arange(0, P)
-        outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
-        om = outs < Dm
         for b in range(B):
-            u = _residual(layer, u_ptr, res_ptr, b, ds, ds < Dm, B, Dm, COPIES).to(tl.float32) * (1.0 / FIX)
+            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
             scale = _inv_rms(u, Dm, eps, 0)
-            # this program's outputs of d_model carried into the next layer's residual (its first copy; the
-            # others zeroed), which the mixer phase's out_proj adds to
-            mine = _residual(layer, u_ptr, res_ptr, b, outs, om, B, Dm, COPIES)
-            cs = tl.arange(0, COPIES)[:, None]
-            tl.store(res_ptr + ((((layer + 1) % 2) * COPIES + cs) * B + b) * Dm + outs[None, :],
-                     tl.where(cs == 0, mine[None, :], 0), mask=om[None, :])  # fmt: skip
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + layer * conv_l + tl.maximum(slot, 0) * conv_s + cols
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
@@ -165,33 +134,29 @@ if triton is not None:
             x = _conv(x, win, sm, cols, cm, conv_w_ptr + layer * K * E, conv_b_ptr + layer * E, E, K)
             x = x.to(xc_ptr.dtype.element_ty)
             tl.store(xc_ptr + b * E + cols, x, mask=cm)
-            tl.store(z_ptr + b * E + cols, tl.sum(w_z.to(tl.float32) * u[None, :], axis=1) * scale, mask=cm)
+            tl.store(z_ptr + b * E + cols, tl.sum(w_z.to(tl.float32) * u[None, :], axis=1), mask=cm)
             tl.store(part_ptr + (p * B + b) * P + ps, tl.sum(x.to(tl.float32)[:, None] * w_p.to(tl.float32), axis=0))
+            if p == 0:
+                tl.store(rs_ptr + b, scale)
 
     @triton.jit
-    def _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, w_out_ptr, Dm, E, P: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-        """Program p's columns of dt_proj's and of out_proj's weights, its dt bias and D, for `layer`."""
+    def _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, E, P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Program p's columns of dt_proj's weight, its dt bias and D, for `layer`."""
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         ps = tl.arange(0, P)
-        ds = tl.arange(0, BLOCK_D)
         w_dt = tl.load(w_dt_ptr + layer * P * E + ps[:, None] * E + cols[None, :], mask=cm[None, :], other=0.0)
         dt_b = tl.load(dt_b_ptr + layer * E + cols, mask=cm, other=0.0)
         D = tl.load(d_ptr + layer * E + cols, mask=cm, other=0.0)
-        w_out = tl.load(w_out_ptr + layer * Dm * E + ds[:, None] * E + cols[None, :],
-                        mask=(ds < Dm)[:, None] & cm[None, :], other=0.0)  # fmt: skip
-        return w_dt, dt_b, D, w_out
+        return w_dt, dt_b, D
 
     @triton.jit
-    def _phase_mixer(layer, p, programs, w_dt, dt_b, D, w_out, xc_ptr, z_ptr, part_ptr, a_ptr, ssm_ptr, ssm_l,
-                      ssm_s, slots_ptr, res_ptr, B, Dm, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
-                     COPIES: tl.constexpr,
-                     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_PARTS: tl.constexpr):  # fmt: skip
+    def _phase_mixer(layer, p, programs, w_dt, dt_b, D, xc_ptr, z_ptr, rs_ptr, part_ptr, a_ptr, ssm_ptr, ssm_l,
+                     ssm_s, slots_ptr, y_ptr, B, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_PARTS: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         ps = tl.arange(0, P)
-        ds = tl.arange(0, BLOCK_D)
         parts = tl.arange(0, BLOCK_PARTS)
         for b in range(B):
             xp = tl.load(part_ptr + (parts[:, None] * B + b) * P + ps[None, :], mask=(parts < programs)[:, None],
@@ -203,68 +168,68 @@ if triton is not None:
             sm = cm & (cols * 0 + slot >= 0)
             state = ssm_ptr + layer * ssm_l + tl.maximum(slot, 0) * ssm_s + cols * N
             y = _state_update(D.to(tl.float32) * x, dt, x, xp, ps, a_ptr + layer * E * N, cols, cm, state, sm, R, N, 0)
-            z = tl.load(z_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32)
-            y = (y * _silu(z)).to(w_out.dtype).to(tl.float32)  # (out_proj's input in the model's dtype)
-            # out_proj of this program's channels, added to the next layer's residual: in fixed point, so that
-            # the sum of all programs' shares is the same whatever order their atomic adds land in; into one
-            # of COPIES copies, so that fewer programs queue on each address
-            out = tl.sum(w_out.to(tl.float32) * y[None, :], axis=1)
-            copy = (((layer + 1) % 2) * COPIES + p % COPIES) * B + b
-            tl.atomic_add(res_ptr + copy * Dm + ds, (out * FIX).to(tl.int64), mask=ds < Dm, sem="relaxed")
+            z = tl.load(z_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32) * tl.load(rs_ptr + b)
+            tl.store(y_ptr + b * E + cols, y * _silu(z), mask=cm)
+
+    @triton.jit
+    def _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Program p's rows of W_out, for `layer`."""
+        outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
+        es = tl.arange(0, BLOCK_E)
+        wm = (outs < Dm)[:, None] & (es < E)[None, :]
+        return tl.load(w_out_ptr + layer * Dm * E + outs[:, None] * E + es[None, :], mask=wm, other=0.0)
+
+    @triton.jit
+    def _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
+        outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
+        om = outs < Dm
+        es = tl.arange(0, BLOCK_E)
+        for b in range(B):
+            y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0, cache_modifier=L2).to(tl.float32)
+            u = tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0, cache_modifier=L2).to(tl.float32)
+            tl.store(u_ptr + b * Dm + outs, tl.sum(w_out.to(tl.float32) * y[None, :], axis=1) + u, mask=om)
 
     @triton.jit
     def _layers_kernel(u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr,
-                       w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr, z_ptr, part_ptr,
-                       res_ptr, flags_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
+                       w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr, z_ptr, rs_ptr,
+                       part_ptr, y_ptr, flags_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
                        P: tl.constexpr, K: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
-                       COPIES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
                        BLOCK_PARTS: tl.constexpr):  # fmt: skip
-        """Layers [first, last) of the step for B rows, in place on the pool; PHASES: which of in (1) and
-        mixer (2) to run, both with GRID_SYNC's barriers after them, and (4) u (B, Dm) written from the
-        residual after layer `last`. Each phase's weights are read before the barrier in front of it, so that
-        their loads overlap the wait."""
+        """Layers [first, last) of the step for B rows, in place on u (B, Dm) and the pool; PHASES: which of
+        in (1), mixer (2) and out (4) to run, all three with GRID_SYNC's barriers between them. Each phase's
+        weights are read before the barrier in front of it, so that their loads overlap the wait."""
         p = tl.program_id(0)
         programs = tl.num_programs(0)
         if PHASES & 1:
             w_x, w_z, w_p = _in_weights(first, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D)
-        if PHASES & 2:
-            w_dt, dt_b, D, w_out = _mixer_weights(first, p, w_dt_ptr, dt_b_ptr, d_ptr, w_out_ptr, Dm, E, P, BLOCK_C,
-                                                  BLOCK_D)  # fmt: skip
         for layer in range(first, last):
-            ahead = tl.minimum(layer + 1, last - 1)  # the layer whose weights load during this one (at the end:
-            # the last again, never used)
             if PHASES & 1:
-                _phase_in(layer, p, w_x, w_z, w_p, u_ptr, res_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
-                          slots_ptr, xc_ptr, z_ptr, part_ptr, B, Dm, E, eps, K, P, COPIES, BLOCK_C, BLOCK_O,
-                          BLOCK_D)  # fmt: skip
-            if GRID_SYNC:
-                _arrive(flags_ptr + 2 * layer * BLOCK_PARTS, p)
-            if PHASES & 1:
-                w_x, w_z, w_p = _in_weights(ahead, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D)
-            if GRID_SYNC:
-                _wait(flags_ptr + 2 * layer * BLOCK_PARTS, programs, BLOCK_PARTS)
+                _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
+                          slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C, BLOCK_D)
             if PHASES & 2:
-                _phase_mixer(layer, p, programs, w_dt, dt_b, D, w_out, xc_ptr, z_ptr, part_ptr, a_ptr, ssm_ptr,
-                             ssm_l, ssm_s, slots_ptr, res_ptr, B, Dm, E, R, N, P, COPIES, BLOCK_C, BLOCK_D,
-                             BLOCK_PARTS)  # fmt: skip
+                w_dt, dt_b, D = _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, E, P, BLOCK_C)
             if GRID_SYNC:
-                _arrive(flags_ptr + (2 * layer + 1) * BLOCK_PARTS, p)
+                _grid_sync(flags_ptr + 3 * layer * BLOCK_PARTS, p, programs, BLOCK_PARTS)
             if PHASES & 2:
-                w_dt, dt_b, D, w_out = _mixer_weights(ahead, p, w_dt_ptr, dt_b_ptr, d_ptr, w_out_ptr, Dm, E, P,
-                                                      BLOCK_C, BLOCK_D)  # fmt: skip
+                _phase_mixer(layer, p, programs, w_dt, dt_b, D, xc_ptr, z_ptr, rs_ptr, part_ptr, a_ptr, ssm_ptr,
+                             ssm_l, ssm_s, slots_ptr, y_ptr, B, E, R, N, P, BLOCK_C, BLOCK_PARTS)
+            if PHASES & 4:
+                w_out = _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O, BLOCK_E)
             if GRID_SYNC:
-                _wait(flags_ptr + (2 * layer + 1) * BLOCK_PARTS, programs, BLOCK_PARTS)
-        if PHASES & 4:
-            outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
-            om = outs < Dm
-            for b in range(B):
-                r = _residual(last, u_ptr, res_ptr, b, outs, om, B, Dm, COPIES)
-                tl.store(u_ptr + b * Dm + outs, (r.to(tl.float32) * (1.0 / FIX)).to(u_ptr.dtype.element_ty), mask=om)
+                _grid_sync(flags_ptr + (3 * layer + 1) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
+            if PHASES & 4:
+                _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O, BLOCK_E)
+            if PHASES & 1:  # the next layer's (the last layer's again at the end: never used)
+                w_x, w_z, w_p = _in_weights(tl.minimum(layer + 1, last - 1), p, w_in_ptr, w_x_ptr, Dm, E, P,
+                                            BLOCK_C, BLOCK_D)  # fmt: skip
+            if GRID_SYNC:
+                _grid_sync(flags_ptr + (3 * layer + 2) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
 
 
 def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
     """Every block of `model` on u (B, d_model) for rows `slots` of the pool (ssm (L, S, E, N) fp32, conv
-    (L, S, d_conv - 1, E), each slot's rows contiguous), in place; u is returned. One launch on CUDA, two
+    (L, S, d_conv - 1, E), each slot's rows contiguous), in place; u is returned. One launch on CUDA, three
     a layer under the interpreter, with GRID_SYNC off, or where the GPU cannot hold every program at once
     (more programs than SMs, or a refused cooperative launch)."""
     cfg = model.config
@@ -273,20 +238,21 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
     P = w.w_x.shape[2]
     programs = triton.cdiv(E, BLOCK_C)
     dev, dtype = u.device, u.dtype
-    xc, z = (torch.empty(B, E, device=dev, dtype=dtype) for _ in range(2))
+    xc, z, y = (torch.empty(B, E, device=dev, dtype=dtype) for _ in range(3))
+    rs = torch.empty(B, device=dev, dtype=torch.float32)
     part = torch.empty(programs, B, P, device=dev, dtype=torch.float32)  # x_proj's partial sums
-    res = torch.empty(2, COPIES, B, Dm, device=dev, dtype=torch.int64)  # the residual stream, fixed point, two layers'
     eps = _eps(model.layers[0], u)
     grid_sync = GRID_SYNC and dev.type == "cuda" and dev not in _NO_COOPERATIVE and programs <= _sm_count(dev)
-    flags = torch.zeros(2 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
+    flags = torch.zeros(3 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
 
     def launch(first: int, last: int, phases: int, grid_sync: bool) -> None:
         _layers_kernel[(programs,)](
             u, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out, ssm, ssm.stride(0),
-            ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, part, res, flags, first, last, B,
-            Dm, E, eps, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases, GRID_SYNC=grid_sync,
-            COPIES=COPIES, BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
-            BLOCK_D=triton.next_power_of_2(Dm), BLOCK_PARTS=triton.next_power_of_2(programs), num_warps=NUM_WARPS,
+            ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, flags, first, last, B, Dm,
+            E, eps, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases, GRID_SYNC=grid_sync,
+            BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
+            BLOCK_D=triton.next_power_of_2(Dm), BLOCK_E=triton.next_power_of_2(E),
+            BLOCK_PARTS=triton.next_power_of_2(programs), num_warps=NUM_WARPS,
             **({"launch_cooperative_grid": True} if grid_sync else {}),
         )  # fmt: skip
 
@@ -298,9 +264,8 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
             log.warning("cooperative launch refused on %s (%s): the one-row step runs phase by phase", dev, e)
             _NO_COOPERATIVE.add(dev)
     for layer in range(L):
-        for phase in (1, 2):
+        for phase in (1, 2, 4):
             launch(layer, layer + 1, phase, False)
-    launch(L, L, 4, False)
     return u
 
 

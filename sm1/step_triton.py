@@ -1,4 +1,4 @@
-"""The decode step of one residual block in four or five launches, reading and writing the slot pool in place.
+"""The decode step of one residual block in five launches, reading and writing the slot pool in place.
 
 The eager step (Block's norm + MambaBlock.step) runs about 25 small kernels a layer, plus a gather and a
 scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but those launches. Here:
@@ -10,12 +10,8 @@ scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but
            gated by SiLU(z);
   out:     u += y @ W_out, in place.
 
-x_proj and out are cuBLAS products; the mixer runs as (16 rows x channel block) Triton tiles. in and conv are
-one Triton kernel from IN_CONV_MIN_ROWS rows on: each (rows x channels) tile of in_proj's product runs the conv
-in its epilogue if it is a tile of x (z's tiles just store z), so in_proj's output never goes to memory and
-back; the 1/rms comes from the u tiles the product reads anyway. Below that, in is a cuBLAS product and conv
-a (16 rows x channel block) Triton tile that reads it back. This is the step from 2 rows on; a single row
-runs every layer in one persistent kernel (sm1/step_persistent.py).
+in, x_proj and out are cuBLAS products; conv and mixer run as (16 rows x channel block) Triton tiles. This is
+the step from 2 rows on; a single row runs every layer in one persistent kernel (sm1/step_persistent.py).
 
 Weights are laid out for these shapes once per version of the weights (`decode_weights`). Every elementwise
 product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row whose slot is negative
@@ -45,10 +41,6 @@ CONV_ROWS, CONV_C, CONV_WARPS = 16, 128, 8  # conv tiles: rows x channels, and w
 CONV_C_WIDE = 256  # conv tiles this wide where there are still 2 of them per SM (90M model, 1024 rows: 7.7 us
 # against 9.0; the default model's 512 channels make too few of them: 0.262 ms a step against 0.242-0.246)
 MIXER_ROWS, MIXER_C, MIXER_WARPS = 16, 64, 8  # mixer tiles (16 rows: the smallest tensor-core tile)
-# the in_proj + conv kernel (not tuned yet): from this many rows on, instead of cuBLAS and the conv tiles; its
-# tiles (rows x channels), the slice of d_model each step of its product reads, warps and pipeline stages
-IN_CONV_MIN_ROWS = 256
-IN_CONV_M, IN_CONV_N, IN_CONV_K, IN_CONV_WARPS, IN_CONV_STAGES = 128, 128, 64, 8, 3
 
 
 def available(device: torch.device) -> bool:
@@ -111,14 +103,9 @@ if triton is not None:
         return tl.dot(a, b)
 
     @triton.jit
-    def _inv_rms_of(squares, Dm, eps):
-        """RMSNorm's 1/rms of rows of Dm whose squares sum to `squares` (fp32)."""
-        return 1.0 / tl.sqrt(squares / Dm + eps)
-
-    @triton.jit
     def _inv_rms(u, Dm, eps, AXIS: tl.constexpr):
         """RMSNorm's 1/rms along AXIS of u (fp32, zero past Dm)."""
-        return _inv_rms_of(tl.sum(u * u, axis=AXIS), Dm, eps)
+        return 1.0 / tl.sqrt(tl.sum(u * u, axis=AXIS) / Dm + eps)
 
     @triton.jit
     def _rscale(u_ptr, rows, rm, Dm, eps, BLOCK_D: tl.constexpr):
@@ -179,46 +166,6 @@ if triton is not None:
             tl.store(rs_ptr + rows, scale, mask=rm)
 
     @triton.jit
-    def _in_conv_kernel(u_ptr, w_ptr, conv_ptr, slots_ptr, cw_ptr, cb_ptr, xc_ptr, z_ptr, rs_ptr, B, Dm, E, eps,
-                        K: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr):  # fmt: skip
-        """in_proj for a (BLOCK_M rows, BLOCK_N channels) tile of x or of z (program_id(1): z's channel blocks
-        after x's, so no tile straddles the two), then for x the norm's scale and the conv as in _conv_kernel,
-        for z the raw product stored: in_proj's output never goes to memory and back."""
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        rm = rows < B
-        blocks = tl.cdiv(E, BLOCK_N)
-        half, block = tl.program_id(1) // blocks, tl.program_id(1) % blocks  # half 0: x, 1: z
-        cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
-        cm = cols < E
-        ks = tl.arange(0, BLOCK_K)
-        u_tile = u_ptr + rows[:, None] * Dm + ks[None, :]  # (BLOCK_M, BLOCK_K)
-        w_tile = w_ptr + (half * E + cols)[None, :] * Dm + ks[:, None]  # (BLOCK_K, BLOCK_N): W_in's rows, as columns
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)  # summed over K once, after the loop
-        for k in range(0, Dm, BLOCK_K):
-            km = ks < Dm - k
-            a = tl.load(u_tile, mask=rm[:, None] & km[None, :], other=0.0)
-            acc += _dot(a, tl.load(w_tile, mask=km[:, None] & cm[None, :], other=0.0), IEEE)
-            squares += a.to(tl.float32) * a.to(tl.float32)
-            u_tile += BLOCK_K
-            w_tile += BLOCK_K
-        xz = acc.to(u_ptr.dtype.element_ty)  # rounded to the model's dtype before the 1/rms, as cuBLAS's product is
-        om = rm[:, None] & cm[None, :]
-        out = rows[:, None] * E + cols[None, :]
-        if half == 0:
-            scale = _inv_rms_of(tl.sum(squares, axis=1), Dm, eps)
-            slot = tl.load(slots_ptr + rows, mask=rm, other=-1)
-            win = conv_ptr + tl.maximum(slot, 0)[:, None] * (K - 1) * E + cols[None, :]
-            sm = (slot >= 0)[:, None] & cm[None, :]
-            x = _conv(xz.to(tl.float32) * scale[:, None], win, sm, cols[None, :], cm[None, :], cw_ptr, cb_ptr, E, K)
-            tl.store(xc_ptr + out, x, mask=om)
-            if block == 0:
-                tl.store(rs_ptr + rows, scale, mask=rm)
-        else:
-            tl.store(z_ptr + out, xz, mask=om)
-
-    @triton.jit
     def _mixer_kernel(xc_ptr, z_ptr, z_stride, rs_ptr, xp_ptr, wdt_ptr, dtb_ptr, a_ptr, d_ptr, ssm_ptr, slots_ptr,
                       y_ptr, B, E, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, IEEE: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
@@ -250,13 +197,9 @@ def block_step(block: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Te
     in place (the residual stream) and returned. ssm (S, E, N) fp32 and conv (S, d_conv - 1, E) are that
     layer's pool, updated in place."""
     w = decode_weights(block)
-    if u.shape[0] >= IN_CONV_MIN_ROWS:
-        xc, z, rs = in_conv_update(block, w, u, conv, slots)
-    else:
-        xz = F.linear(u, w.w_in)  # (B, 2E), before the norm's 1/rms
-        xc, rs = conv_update(block, w, u, xz, conv, slots)
-        z = xz[:, block.mixer.cfg.d_inner :]
-    y = mixer_update(block, w, xc, z, rs, ssm, slots)
+    xz = F.linear(u, w.w_in)  # (B, 2E), before the norm's 1/rms
+    xc, rs = conv_update(block, w, u, xz, conv, slots)
+    y = mixer_update(block, w, xc, xz[:, block.mixer.cfg.d_inner :], rs, ssm, slots)
     return u.addmm_(y, block.mixer.out_proj.weight.t())  # out_proj and the residual add in one product
 
 
@@ -275,21 +218,6 @@ def conv_update(block: nn.Module, w: DecodeWeights, u: Tensor, xz: Tensor, conv:
         num_warps=CONV_WARPS,
     )  # fmt: skip
     return xc, rs
-
-
-def in_conv_update(block: nn.Module, w: DecodeWeights, u: Tensor, conv: Tensor, slots: Tensor
-                   ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """in_proj and the conv in one kernel: xc (B, E), the conv's output, z (B, E), in_proj's raw z, and rs (B,)
-    fp32, RMSNorm's 1/rms of each row of u; the windows moved on in place."""
-    (B, Dm), E = u.shape, block.mixer.cfg.d_inner
-    xc, z = torch.empty(2, B, E, device=u.device, dtype=u.dtype)
-    rs = torch.empty(B, device=u.device, dtype=torch.float32)
-    _in_conv_kernel[(triton.cdiv(B, IN_CONV_M), 2 * triton.cdiv(E, IN_CONV_N))](
-        u, w.w_in, conv, slots, w.conv_w, block.mixer.conv1d.bias, xc, z, rs, B, Dm, E, _eps(block, u),
-        K=block.mixer.cfg.d_conv, IEEE=_ieee(u), BLOCK_M=IN_CONV_M, BLOCK_N=IN_CONV_N, BLOCK_K=IN_CONV_K,
-        num_warps=IN_CONV_WARPS, num_stages=IN_CONV_STAGES,
-    )  # fmt: skip
-    return xc, z, rs
 
 
 def mixer_update(block: nn.Module, w: DecodeWeights, xc: Tensor, z: Tensor, rs: Tensor, ssm: Tensor, slots: Tensor

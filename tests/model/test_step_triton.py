@@ -28,11 +28,6 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
 
         dev = torch.device(sys.argv[1])
         assert step_triton.available(dev)
-        # in_proj and the conv in one kernel from 17 rows: the 20- and 21-row steps (padding row, weights changed,
-        # the 32-row graph) take it; the 16-row batches of the 1- and 3-row cases keep cuBLAS and the conv tiles
-        step_triton.IN_CONV_MIN_ROWS = 17
-        if dev.type == "cpu":
-            step_triton.IN_CONV_M = 16  # two tiles of rows for 20 (the compiled tile is the default one)
         # one block of channels (E=96) and a ragged third one (E=320); d_state 1 and 4; both launch plans (one
         # row: every layer in the persistent kernel, phase by phase under the interpreter; more rows: the tiles)
         cases = [(48, 1, 0, 1), (160, 1, 1, 3), (48, 4, 2, 1), (160, 4, 3, 1), (160, 1, 4, 20), (48, 4, 5, 20)]
