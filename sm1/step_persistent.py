@@ -1,5 +1,4 @@
-"""The whole decode step of one row in one launch (embedding, every layer, head): a persistent kernel with
-grid-wide barriers.
+"""The decode step of every layer for one row in one launch: a persistent kernel with grid-wide barriers.
 
 At batch 1 a step is latency, not bandwidth: the 90M model's weights take 0.04 ms to read, and a launch of a
 small kernel costs 4-5 us however little it does. Per layer three things need every channel of a row and so
@@ -13,10 +12,6 @@ and runs the layers' phases, waiting at a barrier for all programs where a phase
   mixer:   x_proj's output as the sum of the partials, dt = softplus(dt_proj(.)), the state update (in
            place in the pool row), y = h C + D x gated by SiLU(z) for its channels;          -- barrier
   out:     u += y @ W_out for its outputs of d_model, in place;                              -- barrier
-
-(layer 0 reads its row of u from the token's embedding), and after the last layer the head: logits for its
-blocks of the vocabulary, norm_f's weight folded into lm_head's. Nothing else is launched: at batch 1 the
-embedding, norm_f, lm_head and the cast to fp32 were four more launches of 2-4 us each.
 
 At a barrier each program raises its flag (a zeroed int32 per program and barrier) and waits for all of them,
 so all programs must be resident at once: the launch is cooperative (CUDA refuses it otherwise). Each phase's
@@ -64,16 +59,14 @@ class StepWeights:
     A: Tensor  # (L, E, N) fp32
     D: Tensor  # (L, E)
     w_out: Tensor  # (L, d_model, E)
-    head: Tensor  # (V, d_model): lm_head's weight with norm_f's weight folded in
 
 
 def step_weights(model: nn.Module) -> StepWeights:
     """The model's StepWeights, stacked again only when a layer's weights change (each block's decode_weights
-    is itself cached per version; the biases, D, out_proj and the head are checked by version here)."""
+    is itself cached per version; the biases, D and out_proj are checked by version here)."""
     per_layer = [decode_weights(block) for block in model.layers]
     loose = [p for b in model.layers for p in (b.mixer.conv1d.bias, b.mixer.dt_proj.bias, b.mixer.D,
                                                 b.mixer.out_proj.weight)]  # fmt: skip
-    loose += [model.lm_head.weight, model.norm_f.weight]
     key = (tuple(id(w) for w in per_layer), tuple((p._version, p.data_ptr(), p.dtype) for p in loose))
     cached = getattr(model, "_step_weights", None)
     if cached is None or cached[0] != key:
@@ -85,7 +78,6 @@ def step_weights(model: nn.Module) -> StepWeights:
                 w_dt=torch.stack([w.w_dt for w in per_layer]), dt_b=torch.stack([m.dt_proj.bias for m in mixers]),
                 A=torch.stack([w.A for w in per_layer]), D=torch.stack([m.D for m in mixers]),
                 w_out=torch.stack([m.out_proj.weight for m in mixers]),
-                head=(model.lm_head.weight * model.norm_f.weight).contiguous(),
             )  # fmt: skip
         model._step_weights = (key, stacked, per_layer)  # per_layer keeps the ids in the key alive
     return model._step_weights[1]
@@ -110,16 +102,6 @@ if triton is not None:
         tl.debug_barrier()
 
     @triton.jit
-    def _row(layer, u_ptr, emb_ptr, tok_ptr, b, idx, mask, Dm):
-        """Row b of the residual stream entering `layer` at positions idx, in fp32: its token's embedding at
-        layer 0, else what the layer before left in u."""
-        if layer == 0:
-            r = tl.load(emb_ptr + tl.load(tok_ptr + b) * Dm + idx, mask=mask, other=0.0)
-        else:
-            r = tl.load(u_ptr + b * Dm + idx, mask=mask, other=0.0, cache_modifier=L2)
-        return r.to(tl.float32)
-
-    @triton.jit
     def _in_weights(layer, p, w_in_ptr, w_x_ptr, Dm, E, P: tl.constexpr, BLOCK_C: tl.constexpr,
                     BLOCK_D: tl.constexpr):  # fmt: skip
         """Program p's rows of W_in (x, then z) and of x_proj's weight, for `layer`."""
@@ -135,15 +117,15 @@ if triton is not None:
         return w_x, w_z, w_p
 
     @triton.jit
-    def _phase_in(layer, p, w_x, w_z, w_p, u_ptr, emb_ptr, tok_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l,
-                  conv_s, slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr,
+    def _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s, slots_ptr,
+                  xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
         ds = tl.arange(0, BLOCK_D)
         ps = tl.arange(0, P)
         for b in range(B):
-            u = _row(layer, u_ptr, emb_ptr, tok_ptr, b, ds, ds < Dm, Dm)
+            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
             scale = _inv_rms(u, Dm, eps, 0)
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + layer * conv_l + tl.maximum(slot, 0) * conv_s + cols
@@ -198,51 +180,33 @@ if triton is not None:
         return tl.load(w_out_ptr + layer * Dm * E + outs[:, None] * E + es[None, :], mask=wm, other=0.0)
 
     @triton.jit
-    def _phase_out(layer, p, w_out, y_ptr, u_ptr, emb_ptr, tok_ptr, B, Dm, E, BLOCK_O: tl.constexpr,
-                   BLOCK_E: tl.constexpr):  # fmt: skip
+    def _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
         outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
         om = outs < Dm
         es = tl.arange(0, BLOCK_E)
         for b in range(B):
             y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0, cache_modifier=L2).to(tl.float32)
-            u = _row(layer, u_ptr, emb_ptr, tok_ptr, b, outs, om, Dm)
+            u = tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0, cache_modifier=L2).to(tl.float32)
             tl.store(u_ptr + b * Dm + outs, tl.sum(w_out.to(tl.float32) * y[None, :], axis=1) + u, mask=om)
 
     @triton.jit
-    def _phase_head(p, programs, head_ptr, u_ptr, logits_ptr, B, Dm, V, eps, BLOCK_V: tl.constexpr,
-                    BLOCK_D: tl.constexpr):  # fmt: skip
-        """logits = lm_head(norm_f(u)) in fp32 for this program's blocks of the vocabulary."""
-        ds = tl.arange(0, BLOCK_D)
-        dm = ds < Dm
-        for b in range(B):
-            u = tl.load(u_ptr + b * Dm + ds, mask=dm, other=0.0, cache_modifier=L2).to(tl.float32)
-            scale = _inv_rms(u, Dm, eps, 0)
-            for v0 in range(p * BLOCK_V, V, programs * BLOCK_V):
-                vs = v0 + tl.arange(0, BLOCK_V)
-                w = tl.load(head_ptr + vs[:, None] * Dm + ds[None, :], mask=(vs < V)[:, None] & dm[None, :], other=0.0)
-                tl.store(logits_ptr + b * V + vs, tl.sum(w.to(tl.float32) * u[None, :], axis=1) * scale, mask=vs < V)
-
-    @triton.jit
-    def _layers_kernel(tok_ptr, emb_ptr, u_ptr, head_ptr, logits_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr,
-                       w_dt_ptr, dt_b_ptr, a_ptr, d_ptr, w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s,
-                       slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, y_ptr, flags_ptr, first, last, B, Dm, E, V, eps,
-                       eps_f, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, K: tl.constexpr,
-                       PHASES: tl.constexpr, GRID_SYNC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_PARTS: tl.constexpr,
-                       BLOCK_V: tl.constexpr):  # fmt: skip
-        """Layers [first, last) of the step for B rows (the residual stream in u (B, Dm), from the tokens'
-        embeddings at layer 0), in place on the pool; PHASES: which of in (1), mixer (2) and out (4) to run,
-        all three with GRID_SYNC's barriers between them, and then the head (8: the logits, from u after layer
-        `last`). Each phase's weights are read before the barrier in front of it, so that their loads overlap
-        the wait."""
+    def _layers_kernel(u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr,
+                       w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr, z_ptr, rs_ptr,
+                       part_ptr, y_ptr, flags_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
+                       P: tl.constexpr, K: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+                       BLOCK_PARTS: tl.constexpr):  # fmt: skip
+        """Layers [first, last) of the step for B rows, in place on u (B, Dm) and the pool; PHASES: which of
+        in (1), mixer (2) and out (4) to run, all three with GRID_SYNC's barriers between them. Each phase's
+        weights are read before the barrier in front of it, so that their loads overlap the wait."""
         p = tl.program_id(0)
         programs = tl.num_programs(0)
         if PHASES & 1:
             w_x, w_z, w_p = _in_weights(first, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D)
         for layer in range(first, last):
             if PHASES & 1:
-                _phase_in(layer, p, w_x, w_z, w_p, u_ptr, emb_ptr, tok_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l,
-                          conv_s, slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C, BLOCK_D)
+                _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
+                          slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C, BLOCK_D)
             if PHASES & 2:
                 w_dt, dt_b, D = _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, E, P, BLOCK_C)
             if GRID_SYNC:
@@ -255,63 +219,54 @@ if triton is not None:
             if GRID_SYNC:
                 _grid_sync(flags_ptr + (3 * layer + 1) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
             if PHASES & 4:
-                _phase_out(layer, p, w_out, y_ptr, u_ptr, emb_ptr, tok_ptr, B, Dm, E, BLOCK_O, BLOCK_E)
+                _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O, BLOCK_E)
             if PHASES & 1:  # the next layer's (the last layer's again at the end: never used)
                 w_x, w_z, w_p = _in_weights(tl.minimum(layer + 1, last - 1), p, w_in_ptr, w_x_ptr, Dm, E, P,
                                             BLOCK_C, BLOCK_D)  # fmt: skip
             if GRID_SYNC:
                 _grid_sync(flags_ptr + (3 * layer + 2) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
-        if PHASES & 8:
-            _phase_head(p, programs, head_ptr, u_ptr, logits_ptr, B, Dm, V, eps_f, BLOCK_V, BLOCK_D)
 
 
-def logits_step(model: nn.Module, tokens: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
-    """The whole step of `model` for tokens (B,) on rows `slots` of the pool (ssm (L, S, E, N) fp32, conv
-    (L, S, d_conv - 1, E), each slot's rows contiguous, updated in place): the embedding, every block and the
-    head, logits (B, V) fp32. One launch on CUDA; three a layer and one for the head under the interpreter,
-    with GRID_SYNC off, or where the GPU cannot hold every program at once (more programs than SMs, or a
-    refused cooperative launch)."""
+def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
+    """Every block of `model` on u (B, d_model) for rows `slots` of the pool (ssm (L, S, E, N) fp32, conv
+    (L, S, d_conv - 1, E), each slot's rows contiguous), in place; u is returned. One launch on CUDA, three
+    a layer under the interpreter, with GRID_SYNC off, or where the GPU cannot hold every program at once
+    (more programs than SMs, or a refused cooperative launch)."""
     cfg = model.config
     w = step_weights(model)
-    B, Dm, E, L, V = tokens.shape[0], cfg.d_model, cfg.d_inner, cfg.n_layer, cfg.vocab_size
+    (B, Dm), E, L = u.shape, cfg.d_inner, cfg.n_layer
     P = w.w_x.shape[2]
     programs = triton.cdiv(E, BLOCK_C)
-    emb = model.embedding.weight
-    dev, dtype = emb.device, emb.dtype
-    u = torch.empty(B, Dm, device=dev, dtype=dtype)  # the residual stream
+    dev, dtype = u.device, u.dtype
     xc, z, y = (torch.empty(B, E, device=dev, dtype=dtype) for _ in range(3))
     rs = torch.empty(B, device=dev, dtype=torch.float32)
     part = torch.empty(programs, B, P, device=dev, dtype=torch.float32)  # x_proj's partial sums
-    logits = torch.empty(B, V, device=dev, dtype=torch.float32)
     eps = _eps(model.layers[0], u)
-    eps_f = model.norm_f.eps if model.norm_f.eps is not None else torch.finfo(dtype).eps
     grid_sync = GRID_SYNC and dev.type == "cuda" and dev not in _NO_COOPERATIVE and programs <= _sm_count(dev)
     flags = torch.zeros(3 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
 
     def launch(first: int, last: int, phases: int, grid_sync: bool) -> None:
         _layers_kernel[(programs,)](
-            tokens, emb, u, w.head, logits, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out,
-            ssm, ssm.stride(0), ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y,
-            flags, first, last, B, Dm, E, V, eps, eps_f, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv,
-            PHASES=phases, GRID_SYNC=grid_sync, BLOCK_C=BLOCK_C,
-            BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)), BLOCK_D=triton.next_power_of_2(Dm),
-            BLOCK_E=triton.next_power_of_2(E), BLOCK_PARTS=triton.next_power_of_2(programs),
-            BLOCK_V=min(16, triton.next_power_of_2(triton.cdiv(V, programs))), num_warps=NUM_WARPS,
+            u, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out, ssm, ssm.stride(0),
+            ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, flags, first, last, B, Dm,
+            E, eps, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases, GRID_SYNC=grid_sync,
+            BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
+            BLOCK_D=triton.next_power_of_2(Dm), BLOCK_E=triton.next_power_of_2(E),
+            BLOCK_PARTS=triton.next_power_of_2(programs), num_warps=NUM_WARPS,
             **({"launch_cooperative_grid": True} if grid_sync else {}),
         )  # fmt: skip
 
     if grid_sync:
         try:
-            launch(0, L, 15, True)
-            return logits
+            launch(0, L, 7, True)
+            return u
         except RuntimeError as e:  # the GPU cannot hold every program at once (shared under MPS, say)
             log.warning("cooperative launch refused on %s (%s): the one-row step runs phase by phase", dev, e)
             _NO_COOPERATIVE.add(dev)
     for layer in range(L):
         for phase in (1, 2, 4):
             launch(layer, layer + 1, phase, False)
-    launch(L, L, 8, False)
-    return logits
+    return u
 
 
 _NO_COOPERATIVE: set[torch.device] = set()  # devices that refused the cooperative launch
