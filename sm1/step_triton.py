@@ -118,12 +118,16 @@ if triton is not None:
     def _conv(x, win, sm, cols, cm, cw_ptr, cb_ptr, E, K: tl.constexpr):
         """SiLU(causal conv) in fp32 of the new inputs x (fp32), continuing each one's window: `win` points at
         the oldest of its K - 1 inputs in the pool (rows E apart); the window moves on by one, x (in the pool's
-        dtype) going last. sm: which windows exist (padding rows have none: zeros, nothing written)."""
+        dtype) going last. sm: which windows exist (padding rows have none: zeros, nothing written).
+        Where a program's threads hold copies of one channel (a block narrower than the program), each copy
+        loads the window and one copy stores it: every load of a window slot comes before the barrier that
+        the store into it waits behind, so no copy reads a slot already moved on."""
         x = x.to(win.dtype.element_ty)
         acc = tl.load(cb_ptr + cols, mask=cm, other=0.0).to(tl.float32)
         for k in tl.static_range(K - 1):
             v = tl.load(win + k * E, mask=sm, other=0.0)
             acc += v.to(tl.float32) * tl.load(cw_ptr + k * E + cols, mask=cm, other=0.0).to(tl.float32)
+            tl.debug_barrier()
             if k > 0:
                 tl.store(win + (k - 1) * E, v, mask=sm)
         acc += x.to(tl.float32) * tl.load(cw_ptr + (K - 1) * E + cols, mask=cm, other=0.0).to(tl.float32)
@@ -135,12 +139,14 @@ if triton is not None:
                       AXIS: tl.constexpr):  # fmt: skip
         """h = exp(dt A) h + dt x B for each of the N states (in place at `state`, masked by sm), returning
         y + sum_n h C. xp (fp32): x_proj's output along AXIS (dt_raw, B, C at positions ps); cols, cm: the
-        channels of dt and x, which index A (E, N) at a_ptr."""
+        channels of dt and x, which index A (E, N) at a_ptr. Each state is loaded by every thread holding a
+        copy of its channel before the barrier that its store waits behind (as in _conv)."""
         for n in tl.static_range(N):
             B_n = tl.sum(tl.where(ps == R + n, xp, 0.0), axis=AXIS, keep_dims=True)
             C_n = tl.sum(tl.where(ps == R + N + n, xp, 0.0), axis=AXIS, keep_dims=True)
             a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)
             h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
+            tl.debug_barrier()
             tl.store(state + n, h, mask=sm)
             y += h * C_n
         return y
