@@ -34,7 +34,7 @@ from sm1.step_triton import _eps, _sm_count, decode_weights, triton
 if triton is not None:
     import triton.language as tl
 
-    from sm1.step_triton import _conv, _inv_rms, _silu, _softplus, _state_update
+    from sm1.step_triton import _conv, _inv_rms, _load_n, _silu, _softplus, _state_update
 
 MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_triton's tiles: its row loops make
 # each further row cost about half the first (90M model, H200: about 0.4, 0.6 and 0.9 ms a step at 1, 2 and 4
@@ -125,13 +125,14 @@ if triton is not None:
         ds = tl.arange(0, BLOCK_D)
         ps = tl.arange(0, P)
         for b in range(B):
-            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
-            scale = _inv_rms(u, Dm, eps, 0)
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + layer * conv_l + tl.maximum(slot, 0) * conv_s + cols
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
+            window = _load_n(win, E, sm, K - 1)
+            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
+            scale = _inv_rms(u, Dm, eps, 0)
             x = tl.sum(w_x.to(tl.float32) * u[None, :], axis=1) * scale
-            x = _conv(x, win, sm, cols, cm, conv_w_ptr + layer * K * E, conv_b_ptr + layer * E, E, K)
+            x = _conv(x, window, win, sm, cols, cm, conv_w_ptr + layer * K * E, conv_b_ptr + layer * E, E, K)
             x = x.to(xc_ptr.dtype.element_ty)
             tl.store(xc_ptr + b * E + cols, x, mask=cm)
             tl.store(z_ptr + b * E + cols, tl.sum(w_z.to(tl.float32) * u[None, :], axis=1), mask=cm)
@@ -159,16 +160,19 @@ if triton is not None:
         ps = tl.arange(0, P)
         parts = tl.arange(0, BLOCK_PARTS)
         for b in range(B):
+            slot = tl.load(slots_ptr + b)
+            sm = cm & (cols * 0 + slot >= 0)
+            state = ssm_ptr + layer * ssm_l + tl.maximum(slot, 0) * ssm_s + cols * N
+            h = _load_n(state, 1, sm, N)
+            a_l = a_ptr + layer * E * N  # this layer's A
+            A = _load_n(a_l + cols * N, 1, cm, N)
+            x = tl.load(xc_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32) * tl.load(rs_ptr + b)
             xp = tl.load(part_ptr + (parts[:, None] * B + b) * P + ps[None, :], mask=(parts < programs)[:, None],
                          other=0.0, cache_modifier=L2)  # fmt: skip
             xp = tl.sum(xp, axis=0).to(w_dt.dtype).to(tl.float32)  # x_proj's output in the model's dtype
             dt = _softplus(tl.sum(xp[:, None] * w_dt.to(tl.float32), axis=0) + dt_b.to(tl.float32))
-            x = tl.load(xc_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32)
-            slot = tl.load(slots_ptr + b)
-            sm = cm & (cols * 0 + slot >= 0)
-            state = ssm_ptr + layer * ssm_l + tl.maximum(slot, 0) * ssm_s + cols * N
-            y = _state_update(D.to(tl.float32) * x, dt, x, xp, ps, a_ptr + layer * E * N, cols, cm, state, sm, R, N, 0)
-            z = tl.load(z_ptr + b * E + cols, mask=cm, other=0.0).to(tl.float32) * tl.load(rs_ptr + b)
+            y = _state_update(D.to(tl.float32) * x, dt, x, xp, ps, a_l, cols, cm, state, sm, A, h, R, N, 0)
             tl.store(y_ptr + b * E + cols, y * _silu(z), mask=cm)
 
     @triton.jit

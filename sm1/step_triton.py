@@ -115,40 +115,64 @@ if triton is not None:
         return _inv_rms(u.to(tl.float32), Dm, eps, 1)
 
     @triton.jit
-    def _conv(x, win, sm, cols, cm, cw_ptr, cb_ptr, E, K: tl.constexpr):
+    def _load_n(ptr, stride, mask, N: tl.constexpr):
+        """The N loads ptr + n * stride (n < N) as a tuple, issued together. The one-row kernel issues the
+        loads of what it updates in place (conv window, state) ahead of the reductions before them, which it
+        waits on; the tiles do not: there the values held longer cost occupancy (benchmarks/RESULTS.md,
+        2026-12-05)."""
+        out = ()
+        for n in tl.static_range(N):
+            out = out + (tl.load(ptr + n * stride, mask=mask, other=0.0),)  # noqa: RUF005 (no unpacking in Triton)
+        return out
+
+    @triton.jit
+    def _conv(x, window, win, sm, cols, cm, cw_ptr, cb_ptr, E, K: tl.constexpr):
         """SiLU(causal conv) in fp32 of the new inputs x (fp32), continuing each one's window: `win` points at
         the oldest of its K - 1 inputs in the pool (rows E apart); the window moves on by one, x (in the pool's
-        dtype) going last. sm: which windows exist (padding rows have none: zeros, nothing written).
+        dtype) going last. sm: which windows exist (padding rows have none: zeros, nothing written). window:
+        the K - 1 inputs as loaded by _load_n, or None to load them here, one at a time.
         Where a program's threads hold copies of one channel (a block narrower than the program), each copy
         loads the window and one copy stores it: every load of a window slot comes before the barrier that
         the store into it waits behind, so no copy reads a slot already moved on."""
         x = x.to(win.dtype.element_ty)
         acc = tl.load(cb_ptr + cols, mask=cm, other=0.0).to(tl.float32)
         for k in tl.static_range(K - 1):
-            v = tl.load(win + k * E, mask=sm, other=0.0)
+            v = tl.load(win + k * E, mask=sm, other=0.0) if window is None else window[k]
             acc += v.to(tl.float32) * tl.load(cw_ptr + k * E + cols, mask=cm, other=0.0).to(tl.float32)
-            tl.debug_barrier()
-            if k > 0:
-                tl.store(win + (k - 1) * E, v, mask=sm)
+            if window is None:
+                tl.debug_barrier()
+                if k > 0:
+                    tl.store(win + (k - 1) * E, v, mask=sm)
         acc += x.to(tl.float32) * tl.load(cw_ptr + (K - 1) * E + cols, mask=cm, other=0.0).to(tl.float32)
+        if window is not None:
+            tl.debug_barrier()
+            for k in tl.static_range(1, K - 1):
+                tl.store(win + (k - 1) * E, window[k], mask=sm)
         tl.store(win + (K - 2) * E, x, mask=sm)
         return _silu(acc)
 
     @triton.jit
-    def _state_update(y, dt, x, xp, ps, a_ptr, cols, cm, state, sm, R: tl.constexpr, N: tl.constexpr,
+    def _state_update(y, dt, x, xp, ps, a_ptr, cols, cm, state, sm, A, h, R: tl.constexpr, N: tl.constexpr,
                       AXIS: tl.constexpr):  # fmt: skip
         """h = exp(dt A) h + dt x B for each of the N states (in place at `state`, masked by sm), returning
         y + sum_n h C. xp (fp32): x_proj's output along AXIS (dt_raw, B, C at positions ps); cols, cm: the
-        channels of dt and x, which index A (E, N) at a_ptr. Each state is loaded by every thread holding a
-        copy of its channel before the barrier that its store waits behind (as in _conv)."""
+        channels of dt and x, which index A (E, N) at a_ptr. A and h: the N columns of A and of the state
+        for these channels as loaded by _load_n, or None to load them here, one at a time. Each state is
+        loaded by every thread holding a copy of its channel before the barrier that its store waits behind
+        (as in _conv)."""
+        if h is not None:
+            tl.debug_barrier()
         for n in tl.static_range(N):
             B_n = tl.sum(tl.where(ps == R + n, xp, 0.0), axis=AXIS, keep_dims=True)
             C_n = tl.sum(tl.where(ps == R + N + n, xp, 0.0), axis=AXIS, keep_dims=True)
-            a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)
-            h = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
-            tl.debug_barrier()
-            tl.store(state + n, h, mask=sm)
-            y += h * C_n
+            if h is None:
+                a = tl.load(a_ptr + cols * N + n, mask=cm, other=0.0)
+                h_n = tl.exp(dt * a) * tl.load(state + n, mask=sm, other=0.0) + dt * x * B_n
+                tl.debug_barrier()
+            else:
+                h_n = tl.exp(dt * A[n]) * h[n] + dt * x * B_n
+            tl.store(state + n, h_n, mask=sm)
+            y += h_n * C_n
         return y
 
     @triton.jit
@@ -166,7 +190,7 @@ if triton is not None:
         x = tl.load(xz_ptr + rows[:, None] * xz_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
         win = conv_ptr + tl.maximum(slot, 0)[:, None] * (K - 1) * E + cols[None, :]
         sm = (slot >= 0)[:, None] & cm[None, :]
-        x = _conv(x * scale[:, None], win, sm, cols[None, :], cm[None, :], cw_ptr, cb_ptr, E, K)
+        x = _conv(x * scale[:, None], None, win, sm, cols[None, :], cm[None, :], cw_ptr, cb_ptr, E, K)
         tl.store(xc_ptr + rows[:, None] * E + cols[None, :], x, mask=om)
         if tl.program_id(1) == 0:
             tl.store(rs_ptr + rows, scale, mask=rm)
@@ -192,7 +216,7 @@ if triton is not None:
         y = tl.load(d_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :] * x
         state = ssm_ptr + tl.maximum(slot, 0)[:, None] * E * N + cols[None, :] * N
         y = _state_update(y, dt, x, xp.to(tl.float32), ps[None, :], a_ptr, cols[None, :], cm[None, :], state, sm,
-                          R, N, 1)  # fmt: skip
+                          None, None, R, N, 1)  # fmt: skip
         z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=om, other=0.0).to(tl.float32)
         z = z * tl.load(rs_ptr + rows, mask=rm, other=0.0)[:, None]
         tl.store(y_ptr + rows[:, None] * E + cols[None, :], y * _silu(z), mask=om)
