@@ -118,8 +118,8 @@ if triton is not None:
     def _load_n(ptr, stride, mask, N: tl.constexpr):
         """The N loads ptr + n * stride (n < N) as a tuple, issued together. The one-row kernel issues the
         loads of what it updates in place (conv window, state) ahead of the reductions before them, which it
-        waits on; the tiles do not: there the values held longer cost occupancy (benchmarks/RESULTS.md,
-        2026-12-05)."""
+        waits on: 9% faster on an H100. The tiles do not: there it measured slower, for a reason not found
+        (their registers allow as many programs per SM either way; benchmarks/RESULTS.md, 2026-12-05)."""
         out = ()
         for n in tl.static_range(N):
             out = out + (tl.load(ptr + n * stride, mask=mask, other=0.0),)  # noqa: RUF005 (no unpacking in Triton)
