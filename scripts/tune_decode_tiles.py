@@ -25,7 +25,8 @@ from scan import copy_bandwidth
 
 from sm1 import step_triton
 
-ROWS, CHANNELS, WARPS = (16, 32, 64), (32, 64, 128, 256), (2, 4, 8)
+ROWS, CHANNELS, WARPS = (16, 32, 64), (32, 64, 128, 256), (2, 4, 8, 16)  # 16 warps: a 16 x 256 conv tile at 8 warps
+# takes 205 registers a thread (one program, 8 warps an SM), at 16 warps 128 (16 warps an SM); not yet timed
 
 
 def graph_us(fn, calls: int) -> float:
