@@ -220,7 +220,7 @@ class SM1(nn.Module):
             else:
                 for i, layer in enumerate(self.layers):
                     x = step_triton.block_step(layer, x, state.ssm[i], state.conv[i], slots)
-            return self.lm_head(self.norm_f(x)).float()
+            return step_triton.logits(self, self.norm_f(x))
         for i, layer in enumerate(self.layers):
             ssm_i, conv_i = state.ssm[i], state.conv[i]  # (S, E, N), (S, d_conv-1, E)
             if slots is None:

@@ -41,6 +41,9 @@ CONV_ROWS, CONV_C, CONV_WARPS = 16, 128, 8  # conv tiles: rows x channels, and w
 CONV_C_WIDE = 256  # conv tiles this wide where there are still 2 of them per SM (90M model, 1024 rows: 7.7 us
 # against 9.0; the default model's 512 channels make too few of them: 0.262 ms a step against 0.242-0.246)
 MIXER_ROWS, MIXER_C, MIXER_WARPS = 16, 64, 8  # mixer tiles (16 rows: the smallest tensor-core tile)
+MIXER_ROWS_TALL = 32  # mixer tiles this tall where there are still 4 of them per SM, timed inside the step (90M
+# model, H100, 1024 rows: 269-272 us a step against 284-286; 256 rows, 192 such tiles: 123 against 105)
+PAD_HEAD = True  # the LM head through its weight padded to a multiple of 64 rows (see `logits`)
 
 
 def available(device: torch.device) -> bool:
@@ -260,11 +263,29 @@ def mixer_update(block: nn.Module, w: DecodeWeights, xc: Tensor, z: Tensor, rs: 
     B, E = xc.shape
     xp = xc @ w.w_x  # (B, P): dt_raw, B, C, zeros
     y = torch.empty_like(xc)
-    _mixer_kernel[(triton.cdiv(B, MIXER_ROWS), triton.cdiv(E, MIXER_C))](
+    tall = triton.cdiv(B, MIXER_ROWS_TALL) * triton.cdiv(E, MIXER_C) >= 4 * _sm_count(xc.device)
+    rows = MIXER_ROWS_TALL if tall else MIXER_ROWS
+    _mixer_kernel[(triton.cdiv(B, rows), triton.cdiv(E, MIXER_C))](
         xc, z, z.stride(0), rs, xp, w.w_dt, mixer.dt_proj.bias, w.A, mixer.D, ssm, slots, y, B, E, R=cfg.dt_rank,
-        N=cfg.d_state, P=xp.shape[1], IEEE=_ieee(xc), BLOCK_B=MIXER_ROWS, BLOCK_C=MIXER_C, num_warps=MIXER_WARPS,
+        N=cfg.d_state, P=xp.shape[1], IEEE=_ieee(xc), BLOCK_B=rows, BLOCK_C=MIXER_C, num_warps=MIXER_WARPS,
     )  # fmt: skip
     return y
+
+
+def logits(model: nn.Module, x: Tensor) -> Tensor:
+    """model.lm_head(x) in float32, through its weight padded with zero rows to a multiple of 64: cuBLAS's
+    kernels for SM1's 443 rows take 25 us at 1024 rows on an H100, 8.4 us padded (benchmarks/RESULTS.md)."""
+    weight = model.lm_head.weight
+    if not PAD_HEAD:
+        return F.linear(x, weight).float()
+    version = (weight._version, weight.data_ptr(), weight.dtype)
+    cached = getattr(model, "_padded_head", None)
+    if cached is None or cached[0] != version:
+        with torch.no_grad():
+            padded = weight.new_zeros(-(-weight.shape[0] // 64) * 64, weight.shape[1])
+            padded[: weight.shape[0]] = weight
+        model._padded_head = cached = (version, padded)
+    return F.linear(x, cached[1])[:, : weight.shape[0]].float()
 
 
 @functools.cache
