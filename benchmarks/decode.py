@@ -130,9 +130,11 @@ def time_path(model: SM1, pool, B: int, graphs: bool, fused: bool, tokens, slots
 # launch settings of the fused step for --sweep, each a change of these knobs from the defaults (the first: none)
 KNOBS = {"MAX_ROWS": (step_persistent, "MAX_ROWS"), "GRID_SYNC": (step_persistent, "GRID_SYNC"),
          "persistent BLOCK_C": (step_persistent, "BLOCK_C"), "persistent NUM_WARPS": (step_persistent, "NUM_WARPS"),
-         **{k: (step_triton, k) for k in ("CONV_ROWS", "CONV_C", "CONV_WARPS", "MIXER_ROWS", "MIXER_C", "MIXER_WARPS")}}
+         **{k: (step_triton, k) for k in ("CONV_ROWS", "CONV_C", "CONV_WARPS", "MIXER_ROWS", "MIXER_C", "MIXER_WARPS",
+                                          "MIXER_ROWS_TALL", "PAD_HEAD")}}
 SWEEP: list[dict] = [
     {}, {"GRID_SYNC": False}, {"MAX_ROWS": 0}, {"MAX_ROWS": 4}, {"CONV_C": 256}, {"MIXER_WARPS": 4},
+    {"MIXER_ROWS_TALL": 16}, {"PAD_HEAD": False},
 ]  # fmt: skip
 
 
