@@ -35,7 +35,7 @@ class BatchedStep:
         self.model, self.pool, self.scratch = model, pool, scratch_slot
         self.device = pool.ssm.device
         self.use_graphs = use_graphs and self.device.type == "cuda"
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, GraphInputs, Tensor]] = {}
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.fused = fused and self._fused_step_agrees()
         self.pad_slot = -1 if self.fused else scratch_slot
@@ -91,17 +91,14 @@ class BatchedStep:
                 log.warning("CUDA graph capture failed at batch %d (%s): running the step eagerly", bucket, e)
                 self.use_graphs = False
                 return self.model.step(tokens, self.pool, slots=slots, fused=self.fused)
-        graph, tok_buf, slot_buf, out = self._graphs[bucket]
-        tok_buf.fill_(0)
-        slot_buf.fill_(self.pad_slot)
-        tok_buf[:B].copy_(tokens)
-        slot_buf[:B].copy_(slots)
+        graph, inputs, out = self._graphs[bucket]
+        inputs.stage(tokens, slots)
         graph.replay()
         return out[:B]
 
-    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
-        tok_buf = torch.zeros(bucket, dtype=torch.long, device=self.device)
-        slot_buf = torch.full((bucket,), self.pad_slot, dtype=torch.long, device=self.device)
+    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, GraphInputs, Tensor]:
+        inputs = GraphInputs(bucket, self.pad_slot, self.device)
+        tok_buf, slot_buf = inputs.tokens, inputs.slots
         saved = self.pool.select([self.scratch])
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -119,7 +116,36 @@ class BatchedStep:
         self.pool.assign([self.scratch], saved)
         if not torch.allclose(out, eager, rtol=1e-3, atol=1e-4):
             raise RuntimeError("the captured step does not reproduce the eager step")
-        return graph, tok_buf, slot_buf, out
+        return graph, inputs, out
+
+
+class GraphInputs:
+    """A captured step's input buffers for one bucket, staged for each replay in as few launches as the call
+    allows. Each launch costs about 10 us of host time on an H100 machine, beside a 0.34-ms graph at one row
+    (benchmarks/RESULTS.md, 2026-12-05): so padding rows keep the tokens they had (any token is valid there and
+    they write nothing), padding slots are written only where a smaller batch leaves rows, and the slots are
+    not copied again when the caller passes the same tensor unchanged (same object, same version: the engine
+    keeps one while its sessions stay the same). Such a tensor must be changed through torch, which counts
+    its versions, not by a kernel writing to its memory behind torch's back."""
+
+    def __init__(self, bucket: int, pad_slot: int, device: torch.device) -> None:
+        self.tokens = torch.zeros(bucket, dtype=torch.long, device=device)
+        self.slots = torch.full((bucket,), pad_slot, dtype=torch.long, device=device)
+        self.pad_slot = pad_slot
+        self._live = 0  # leading rows of self.slots that hold a caller's slots; the rest hold pad_slot
+        self._copied: tuple[Tensor, int] | None = None  # the slots tensor copied last and its version then
+
+    def stage(self, tokens: Tensor, slots: Tensor) -> None:
+        """tokens, slots (B,) on the buffers' device into the first B rows, the rest made padding."""
+        B = tokens.shape[0]
+        self.tokens[:B].copy_(tokens)
+        version = -1 if slots.is_inference() else slots._version  # inference tensors count no versions
+        if self._copied is None or self._copied[0] is not slots or self._copied[1] != version or version < 0:
+            self.slots[:B].copy_(slots)
+        if self._live > B:
+            self.slots[B : self._live].fill_(self.pad_slot)
+        self._live = B
+        self._copied = (slots, version)
 
 
 def _close(x: Tensor, y: Tensor, tol: float) -> bool:

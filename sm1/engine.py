@@ -169,6 +169,7 @@ class Engine:
         fused = fused_step and self.device.type == "cuda" and step_triton.available(self.device)
         self._batched = BatchedStep(model, self.pool, capacity, cuda_graphs, fused)
         self._step = self._batched  # the call the ticks make (server/faults.py can wrap it)
+        self._ready: tuple[tuple[int, ...], Tensor] = ((), torch.empty(0, dtype=torch.long))  # see _slots_on_device
         self.model_id = weights_digest(model)
         # Snapshots are signed: with a secret key (shared by the replicas that restore each other's sessions) a
         # forged or altered one is refused; without one the key is the public model id, which catches damage only.
@@ -296,7 +297,7 @@ class Engine:
         ready = sorted((s for s in sessions if s.slot is not None and not s.pending), key=lambda s: s.slot)
         if not ready:
             return []
-        slots = to_device(torch.tensor([s.slot for s in ready]), self.device)  # (B,)
+        slots = self._slots_on_device(tuple(s.slot for s in ready))  # (B,)
         first, last = ready[0].slot, ready[-1].slot
         rows = slice(first, last + 1) if last - first + 1 == len(ready) else None  # the usual case when busy
         tokens = sample(
@@ -320,6 +321,13 @@ class Engine:
             s.token_index += 1
             s.seq += bool(events)
         return out
+
+    def _slots_on_device(self, slots: tuple[int, ...]) -> Tensor:
+        """The ready sessions' slots on the device: the same tensor while they stay the same, which the CUDA-graph
+        step then need not copy again (sm1/batched_step.py's GraphInputs), and no host-to-device copy either."""
+        if self._ready[0] != slots:
+            self._ready = (slots, to_device(torch.tensor(slots), self.device))
+        return self._ready[1]
 
     def generate(self, prompt: list[int] | None, params: SamplingParams, length: ClipLength) -> Clip:
         """A whole clip, alone, as fast as possible (the CLI's path; the server batches clips in its ticks)."""

@@ -125,6 +125,23 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
                     want = wide.step(padded, twin, slots=torch.cat([slots, pad]), fused=True)[:rows]
                     assert graphed._graphs and torch.equal(got, want), ("graph", rows, step)
                 assert torch.equal(pool.ssm, twin.ssm) and torch.equal(pool.conv, twin.conv), ("graph state", rows)
+            # one graph (bucket 8) over changing batches, one slots tensor passed again, changed in place once:
+            # the staged inputs (GraphInputs) leave no stale slot or token behind
+            pool = wide.allocate_state(9)
+            pool.ssm.normal_()
+            pool.conv.normal_()
+            twin = pool.clone()
+            graphed = BatchedStep(wide, pool, scratch_slot=8, use_graphs=True, fused=True)
+            same, other = torch.tensor([4, 1, 6, 0, 3], device=dev), torch.tensor([7, 2, 5, 0, 1, 3, 6], device=dev)
+            for step, slots in enumerate((same, same, same[:3], other, same, same, same)):
+                if step == 5:
+                    same[0] = 2
+                tokens = torch.randint(0, 443, (len(slots),), device=dev)
+                got = graphed(tokens, slots)
+                pad = torch.full((8 - len(slots),), -1, device=dev)
+                want = wide.step(torch.cat([tokens, 0 * pad]), twin, slots=torch.cat([slots, pad]), fused=True)
+                assert torch.equal(got, want[: len(slots)]), ("staged", step)
+            assert torch.equal(pool.ssm, twin.ssm) and torch.equal(pool.conv, twin.conv), "staged state"
         print("ok")
         """
     )
