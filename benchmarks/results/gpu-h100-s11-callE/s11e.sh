@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > /dev/null 2>&1
+R=$OUT; export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks:$PWD/scripts PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > $R/gpu.txt
+git rev-parse HEAD > $R/commit.txt; git diff --stat >> $R/commit.txt
+timeout 400 python3 .scratch/s11e_probe.py $R > $R/s11e.log 2>&1; echo "probe exit $?"
+cut -c1-200 $R/s11e.log
