@@ -13,6 +13,10 @@ and runs the layers' phases, waiting at a barrier for all programs where a phase
            place in the pool row), y = h C + D x gated by SiLU(z) for its channels;          -- barrier
   out:     u += y @ W_out for its outputs of d_model, in place;                              -- barrier
 
+Each program holds its weights in registers, each row as two power-of-2 tiles (768 columns as 512 + 256, not one
+of 1024): 4% faster on an H100 than one padded tile, which made the kernel spill more (benchmarks/RESULTS.md,
+2026-12-06).
+
 At a barrier each program raises its flag (a zeroed int32 per program and barrier) and waits for all of them,
 so all programs must be resident at once: the launch is cooperative (CUDA refuses it otherwise). Each phase's
 weights are loaded before the barrier in front of it, so that their loads overlap the wait.
@@ -34,7 +38,7 @@ from sm1.step_triton import _eps, _sm_count, decode_weights, triton
 if triton is not None:
     import triton.language as tl
 
-    from sm1.step_triton import _conv, _inv_rms, _load_n, _silu, _softplus, _state_update
+    from sm1.step_triton import _conv, _load_n, _silu, _softplus, _state_update
 
 MAX_ROWS = 1  # up to this many rows a step is this kernel, from there on step_triton's tiles: its row loops make
 # each further row cost about half the first (90M model, H200: about 0.4, 0.6 and 0.9 ms a step at 1, 2 and 4
@@ -102,16 +106,39 @@ if triton is not None:
         tl.debug_barrier()
 
     @triton.jit
+    def _rows2(ptr, rows, rm, n, BLOCK_1: tl.constexpr, BLOCK_2: tl.constexpr):
+        """Rows `rows` (masked by rm) of a row-major (., n) matrix at ptr, as two tiles: columns [0, BLOCK_1)
+        and [BLOCK_1, BLOCK_1 + BLOCK_2), zero past n. Two power-of-2 tiles pad 768 or 1536 columns to
+        768 or 1536 (512 + 256, 1024 + 512), where one would pad them to 1024 or 2048."""
+        c1 = tl.arange(0, BLOCK_1)
+        c2 = BLOCK_1 + tl.arange(0, BLOCK_2)
+        t1 = tl.load(ptr + rows[:, None] * n + c1[None, :], mask=rm[:, None] & (c1 < n)[None, :], other=0.0)
+        t2 = tl.load(ptr + rows[:, None] * n + c2[None, :], mask=rm[:, None] & (c2 < n)[None, :], other=0.0)
+        return t1, t2
+
+    @triton.jit
+    def _vec2(ptr, n, BLOCK_1: tl.constexpr, BLOCK_2: tl.constexpr):
+        """A length-n vector at ptr in fp32, as _rows2's two tiles of one row (read from L2)."""
+        c1 = tl.arange(0, BLOCK_1)
+        c2 = BLOCK_1 + tl.arange(0, BLOCK_2)
+        v1 = tl.load(ptr + c1, mask=c1 < n, other=0.0, cache_modifier=L2).to(tl.float32)
+        v2 = tl.load(ptr + c2, mask=c2 < n, other=0.0, cache_modifier=L2).to(tl.float32)
+        return v1, v2
+
+    @triton.jit
+    def _gemv2(w, v):
+        """w @ v in fp32 for _rows2's tiles w and _vec2's v."""
+        return tl.sum(w[0].to(tl.float32) * v[0][None, :], axis=1) + tl.sum(w[1].to(tl.float32) * v[1][None, :], axis=1)
+
+    @triton.jit
     def _in_weights(layer, p, w_in_ptr, w_x_ptr, Dm, E, P: tl.constexpr, BLOCK_C: tl.constexpr,
-                    BLOCK_D: tl.constexpr):  # fmt: skip
-        """Program p's rows of W_in (x, then z) and of x_proj's weight, for `layer`."""
+                    BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):  # fmt: skip
+        """Program p's rows of W_in (x, then z; as _rows2's tiles) and of x_proj's weight, for `layer`."""
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
-        ds = tl.arange(0, BLOCK_D)
-        wm = cm[:, None] & (ds < Dm)[None, :]
         w_in = w_in_ptr + layer * 2 * E * Dm
-        w_x = tl.load(w_in + cols[:, None] * Dm + ds[None, :], mask=wm, other=0.0)
-        w_z = tl.load(w_in + (E + cols)[:, None] * Dm + ds[None, :], mask=wm, other=0.0)
+        w_x = _rows2(w_in, cols, cm, Dm, BLOCK_D1, BLOCK_D2)
+        w_z = _rows2(w_in, E + cols, cm, Dm, BLOCK_D1, BLOCK_D2)
         w_p = tl.load(w_x_ptr + layer * E * P + cols[:, None] * P + tl.arange(0, P)[None, :], mask=cm[:, None],
                       other=0.0)  # fmt: skip
         return w_x, w_z, w_p
@@ -119,23 +146,22 @@ if triton is not None:
     @triton.jit
     def _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s, slots_ptr,
                   xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K: tl.constexpr, P: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+                  BLOCK_C: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):  # fmt: skip
         cols = p * BLOCK_C + tl.arange(0, BLOCK_C)
         cm = cols < E
-        ds = tl.arange(0, BLOCK_D)
         ps = tl.arange(0, P)
         for b in range(B):
             slot = tl.load(slots_ptr + b)
             win = conv_ptr + layer * conv_l + tl.maximum(slot, 0) * conv_s + cols
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
             window = _load_n(win, E, sm, K - 1)
-            u = tl.load(u_ptr + b * Dm + ds, mask=ds < Dm, other=0.0, cache_modifier=L2).to(tl.float32)
-            scale = _inv_rms(u, Dm, eps, 0)
-            x = tl.sum(w_x.to(tl.float32) * u[None, :], axis=1) * scale
+            u = _vec2(u_ptr + b * Dm, Dm, BLOCK_D1, BLOCK_D2)
+            scale = 1.0 / tl.sqrt((tl.sum(u[0] * u[0], axis=0) + tl.sum(u[1] * u[1], axis=0)) / Dm + eps)
+            x = _gemv2(w_x, u) * scale
             x = _conv(x, window, win, sm, cols, cm, conv_w_ptr + layer * K * E, conv_b_ptr + layer * E, E, K)
             x = x.to(xc_ptr.dtype.element_ty)
             tl.store(xc_ptr + b * E + cols, x, mask=cm)
-            tl.store(z_ptr + b * E + cols, tl.sum(w_z.to(tl.float32) * u[None, :], axis=1), mask=cm)
+            tl.store(z_ptr + b * E + cols, _gemv2(w_z, u), mask=cm)
             tl.store(part_ptr + (p * B + b) * P + ps, tl.sum(x.to(tl.float32)[:, None] * w_p.to(tl.float32), axis=0))
             if p == 0:
                 tl.store(rs_ptr + b, scale)
@@ -176,29 +202,29 @@ if triton is not None:
             tl.store(y_ptr + b * E + cols, y * _silu(z), mask=cm)
 
     @triton.jit
-    def _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
-        """Program p's rows of W_out, for `layer`."""
+    def _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E1: tl.constexpr,
+                     BLOCK_E2: tl.constexpr):  # fmt: skip
+        """Program p's rows of W_out (as _rows2's tiles), for `layer`."""
         outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
-        es = tl.arange(0, BLOCK_E)
-        wm = (outs < Dm)[:, None] & (es < E)[None, :]
-        return tl.load(w_out_ptr + layer * Dm * E + outs[:, None] * E + es[None, :], mask=wm, other=0.0)
+        return _rows2(w_out_ptr + layer * Dm * E, outs, outs < Dm, E, BLOCK_E1, BLOCK_E2)
 
     @triton.jit
-    def _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E: tl.constexpr):
+    def _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O: tl.constexpr, BLOCK_E1: tl.constexpr,
+                   BLOCK_E2: tl.constexpr):  # fmt: skip
         outs = p * BLOCK_O + tl.arange(0, BLOCK_O)
         om = outs < Dm
-        es = tl.arange(0, BLOCK_E)
         for b in range(B):
-            y = tl.load(y_ptr + b * E + es, mask=es < E, other=0.0, cache_modifier=L2).to(tl.float32)
+            y = _vec2(y_ptr + b * E, E, BLOCK_E1, BLOCK_E2)
             u = tl.load(u_ptr + b * Dm + outs, mask=om, other=0.0, cache_modifier=L2).to(tl.float32)
-            tl.store(u_ptr + b * Dm + outs, tl.sum(w_out.to(tl.float32) * y[None, :], axis=1) + u, mask=om)
+            tl.store(u_ptr + b * Dm + outs, _gemv2(w_out, y) + u, mask=om)
 
     @triton.jit
     def _layers_kernel(u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr,
                        w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr, z_ptr, rs_ptr,
                        part_ptr, y_ptr, flags_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
                        P: tl.constexpr, K: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D1: tl.constexpr,
+                       BLOCK_D2: tl.constexpr, BLOCK_E1: tl.constexpr, BLOCK_E2: tl.constexpr,
                        BLOCK_PARTS: tl.constexpr):  # fmt: skip
         """Layers [first, last) of the step for B rows, in place on u (B, Dm) and the pool; PHASES: which of
         in (1), mixer (2) and out (4) to run, all three with GRID_SYNC's barriers between them. Each phase's
@@ -206,11 +232,11 @@ if triton is not None:
         p = tl.program_id(0)
         programs = tl.num_programs(0)
         if PHASES & 1:
-            w_x, w_z, w_p = _in_weights(first, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D)
+            w_x, w_z, w_p = _in_weights(first, p, w_in_ptr, w_x_ptr, Dm, E, P, BLOCK_C, BLOCK_D1, BLOCK_D2)
         for layer in range(first, last):
             if PHASES & 1:
                 _phase_in(layer, p, w_x, w_z, w_p, u_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, conv_l, conv_s,
-                          slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C, BLOCK_D)
+                          slots_ptr, xc_ptr, z_ptr, rs_ptr, part_ptr, B, Dm, E, eps, K, P, BLOCK_C, BLOCK_D1, BLOCK_D2)
             if PHASES & 2:
                 w_dt, dt_b, D = _mixer_weights(layer, p, w_dt_ptr, dt_b_ptr, d_ptr, E, P, BLOCK_C)
             if GRID_SYNC:
@@ -219,14 +245,14 @@ if triton is not None:
                 _phase_mixer(layer, p, programs, w_dt, dt_b, D, xc_ptr, z_ptr, rs_ptr, part_ptr, a_ptr, ssm_ptr,
                              ssm_l, ssm_s, slots_ptr, y_ptr, B, E, R, N, P, BLOCK_C, BLOCK_PARTS)
             if PHASES & 4:
-                w_out = _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O, BLOCK_E)
+                w_out = _out_weights(layer, p, w_out_ptr, Dm, E, BLOCK_O, BLOCK_E1, BLOCK_E2)
             if GRID_SYNC:
                 _grid_sync(flags_ptr + (3 * layer + 1) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
             if PHASES & 4:
-                _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O, BLOCK_E)
+                _phase_out(p, w_out, y_ptr, u_ptr, B, Dm, E, BLOCK_O, BLOCK_E1, BLOCK_E2)
             if PHASES & 1:  # the next layer's (the last layer's again at the end: never used)
                 w_x, w_z, w_p = _in_weights(tl.minimum(layer + 1, last - 1), p, w_in_ptr, w_x_ptr, Dm, E, P,
-                                            BLOCK_C, BLOCK_D)  # fmt: skip
+                                            BLOCK_C, BLOCK_D1, BLOCK_D2)  # fmt: skip
             if GRID_SYNC:
                 _grid_sync(flags_ptr + (3 * layer + 2) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
 
@@ -255,7 +281,7 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
             ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, flags, first, last, B, Dm,
             E, eps, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases, GRID_SYNC=grid_sync,
             BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
-            BLOCK_D=triton.next_power_of_2(Dm), BLOCK_E=triton.next_power_of_2(E),
+            BLOCK_D1=_split(Dm)[0], BLOCK_D2=_split(Dm)[1], BLOCK_E1=_split(E)[0], BLOCK_E2=_split(E)[1],
             BLOCK_PARTS=triton.next_power_of_2(programs), num_warps=NUM_WARPS,
             **({"launch_cooperative_grid": True} if grid_sync else {}),
         )  # fmt: skip
@@ -271,6 +297,12 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
         for phase in (1, 2, 4):
             launch(layer, layer + 1, phase, False)
     return u
+
+
+def _split(n: int) -> tuple[int, int]:
+    """Two powers of 2 that cover n: the largest not above it, then what is left rounded up (at least 1)."""
+    first = 1 << (n.bit_length() - 1)
+    return first, triton.next_power_of_2(max(1, n - first))
 
 
 _NO_COOPERATIVE: set[torch.device] = set()  # devices that refused the cooperative launch
