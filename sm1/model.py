@@ -207,7 +207,7 @@ class SM1(nn.Module):
         Updates `state` in place. With `slots` (B,) int64, rows `slots` of a larger pool state are read
         and written (no copying whole states in and out of the pool). `fused`: Triton kernels that work on
         the pool rows in place (CUDA, or the interpreter): one row runs every layer in one persistent kernel
-        (sm1/step_persistent.py), more rows each block in five launches (sm1/step_triton.py).
+        and the head (sm1/step_persistent.py), more rows each block in five launches (sm1/step_triton.py).
         """
         x = self.embedding(tokens)  # (B, d_model)
         if fused:
@@ -216,10 +216,9 @@ class SM1(nn.Module):
             if slots is None:
                 slots = torch.arange(tokens.shape[0], device=tokens.device)
             if tokens.shape[0] <= step_persistent.MAX_ROWS:
-                x = step_persistent.layers_step(self, x, state.ssm, state.conv, slots)
-            else:
-                for i, layer in enumerate(self.layers):
-                    x = step_triton.block_step(layer, x, state.ssm[i], state.conv[i], slots)
+                return step_persistent.step_logits(self, x, state.ssm, state.conv, slots)
+            for i, layer in enumerate(self.layers):
+                x = step_triton.block_step(layer, x, state.ssm[i], state.conv[i], slots)
             return step_triton.logits(self, self.norm_f(x))
         for i, layer in enumerate(self.layers):
             ssm_i, conv_i = state.ssm[i], state.conv[i]  # (S, E, N), (S, d_conv-1, E)

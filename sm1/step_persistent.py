@@ -13,6 +13,11 @@ and runs the layers' phases, waiting at a barrier for all programs where a phase
            place in the pool row), y = h C + D x gated by SiLU(z) for its channels;          -- barrier
   out:     u += y @ W_out for its outputs of d_model, in place;                              -- barrier
 
+and after the last layer the head: norm_f and lm_head (norm_f's weight folded in) for its rows of the vocabulary,
+the logits in fp32. Folded in, the head saves the small launches that followed the kernel (norm_f, the product,
+the cast to fp32): the shipped checkpoint's one-row step went from 0.0892 to 0.0828 ms on an H100; the 90M model's
+did not change (benchmarks/RESULTS.md, 2026-12-06).
+
 Each program holds its weights in registers, each row as two power-of-2 tiles (768 columns as 512 + 256, not one
 of 1024): 4% faster on an H100 than one padded tile, which made the kernel spill more (benchmarks/RESULTS.md,
 2026-12-06).
@@ -63,14 +68,16 @@ class StepWeights:
     A: Tensor  # (L, E, N) fp32
     D: Tensor  # (L, E)
     w_out: Tensor  # (L, d_model, E)
+    w_head: Tensor  # (V, d_model): lm_head's weight with norm_f's weight folded in
 
 
 def step_weights(model: nn.Module) -> StepWeights:
     """The model's StepWeights, stacked again only when a layer's weights change (each block's decode_weights
-    is itself cached per version; the biases, D and out_proj are checked by version here)."""
+    is itself cached per version; the biases, D, out_proj and the head are checked by version here)."""
     per_layer = [decode_weights(block) for block in model.layers]
     loose = [p for b in model.layers for p in (b.mixer.conv1d.bias, b.mixer.dt_proj.bias, b.mixer.D,
                                                 b.mixer.out_proj.weight)]  # fmt: skip
+    loose += [model.lm_head.weight, model.norm_f.weight]
     key = (tuple(id(w) for w in per_layer), tuple((p._version, p.data_ptr(), p.dtype) for p in loose))
     cached = getattr(model, "_step_weights", None)
     if cached is None or cached[0] != key:
@@ -82,6 +89,7 @@ def step_weights(model: nn.Module) -> StepWeights:
                 w_dt=torch.stack([w.w_dt for w in per_layer]), dt_b=torch.stack([m.dt_proj.bias for m in mixers]),
                 A=torch.stack([w.A for w in per_layer]), D=torch.stack([m.D for m in mixers]),
                 w_out=torch.stack([m.out_proj.weight for m in mixers]),
+                w_head=(model.lm_head.weight * model.norm_f.weight).contiguous(),
             )  # fmt: skip
         model._step_weights = (key, stacked, per_layer)  # per_layer keeps the ids in the key alive
     return model._step_weights[1]
@@ -131,6 +139,11 @@ if triton is not None:
         return tl.sum(w[0].to(tl.float32) * v[0][None, :], axis=1) + tl.sum(w[1].to(tl.float32) * v[1][None, :], axis=1)
 
     @triton.jit
+    def _inv_rms2(u, n, eps):
+        """RMSNorm's 1/rms of _vec2's u (n long)."""
+        return 1.0 / tl.sqrt((tl.sum(u[0] * u[0], axis=0) + tl.sum(u[1] * u[1], axis=0)) / n + eps)
+
+    @triton.jit
     def _in_weights(layer, p, w_in_ptr, w_x_ptr, Dm, E, P: tl.constexpr, BLOCK_C: tl.constexpr,
                     BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):  # fmt: skip
         """Program p's rows of W_in (x, then z; as _rows2's tiles) and of x_proj's weight, for `layer`."""
@@ -156,7 +169,7 @@ if triton is not None:
             sm = cm & (cols * 0 + slot >= 0)  # (the scalar broadcast first: a padding row has no window)
             window = _load_n(win, E, sm, K - 1)
             u = _vec2(u_ptr + b * Dm, Dm, BLOCK_D1, BLOCK_D2)
-            scale = 1.0 / tl.sqrt((tl.sum(u[0] * u[0], axis=0) + tl.sum(u[1] * u[1], axis=0)) / Dm + eps)
+            scale = _inv_rms2(u, Dm, eps)
             x = _gemv2(w_x, u) * scale
             x = _conv(x, window, win, sm, cols, cm, conv_w_ptr + layer * K * E, conv_b_ptr + layer * E, E, K)
             x = x.to(xc_ptr.dtype.element_ty)
@@ -219,16 +232,29 @@ if triton is not None:
             tl.store(u_ptr + b * Dm + outs, _gemv2(w_out, y) + u, mask=om)
 
     @triton.jit
+    def _phase_head(p, w_head_ptr, u_ptr, logits_ptr, B, Dm, V, eps, BLOCK_V: tl.constexpr, BLOCK_D1: tl.constexpr,
+                    BLOCK_D2: tl.constexpr):  # fmt: skip
+        """The logits (fp32) of program p's BLOCK_V rows of the vocabulary: norm_f, then lm_head."""
+        vs = p * BLOCK_V + tl.arange(0, BLOCK_V)
+        vm = vs < V
+        w = _rows2(w_head_ptr, vs, vm, Dm, BLOCK_D1, BLOCK_D2)
+        for b in range(B):
+            u = _vec2(u_ptr + b * Dm, Dm, BLOCK_D1, BLOCK_D2)
+            tl.store(logits_ptr + b * V + vs, _gemv2(w, u) * _inv_rms2(u, Dm, eps), mask=vm)
+
+    @triton.jit
     def _layers_kernel(u_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_x_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr,
-                       w_out_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr, z_ptr, rs_ptr,
-                       part_ptr, y_ptr, flags_ptr, first, last, B, Dm, E, eps, R: tl.constexpr, N: tl.constexpr,
+                       w_out_ptr, w_head_ptr, ssm_ptr, ssm_l, ssm_s, conv_ptr, conv_l, conv_s, slots_ptr, xc_ptr,
+                       z_ptr, rs_ptr, part_ptr, y_ptr, logits_ptr, flags_ptr, first, last, B, Dm, E, V, eps, eps_f,
+                       R: tl.constexpr, N: tl.constexpr,
                        P: tl.constexpr, K: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D1: tl.constexpr,
                        BLOCK_D2: tl.constexpr, BLOCK_E1: tl.constexpr, BLOCK_E2: tl.constexpr,
-                       BLOCK_PARTS: tl.constexpr):  # fmt: skip
-        """Layers [first, last) of the step for B rows, in place on u (B, Dm) and the pool; PHASES: which of
-        in (1), mixer (2) and out (4) to run, all three with GRID_SYNC's barriers between them. Each phase's
-        weights are read before the barrier in front of it, so that their loads overlap the wait."""
+                       BLOCK_PARTS: tl.constexpr, BLOCK_V: tl.constexpr):  # fmt: skip
+        """Layers [first, last) of the step for B rows, in place on u (B, Dm) and the pool, then the logits (B, V);
+        PHASES: which of in (1), mixer (2), out (4) and the head (8) to run, with GRID_SYNC's barriers between
+        them. Each phase's weights are read before the barrier in front of it, so that their loads overlap the
+        wait."""
         p = tl.program_id(0)
         programs = tl.num_programs(0)
         if PHASES & 1:
@@ -255,13 +281,16 @@ if triton is not None:
                                             BLOCK_C, BLOCK_D1, BLOCK_D2)  # fmt: skip
             if GRID_SYNC:
                 _grid_sync(flags_ptr + (3 * layer + 2) * BLOCK_PARTS, p, programs, BLOCK_PARTS)
+        if PHASES & 8:
+            _phase_head(p, w_head_ptr, u_ptr, logits_ptr, B, Dm, V, eps_f, BLOCK_V, BLOCK_D1, BLOCK_D2)
 
 
-def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
+def step_logits(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: Tensor) -> Tensor:
     """Every block of `model` on u (B, d_model) for rows `slots` of the pool (ssm (L, S, E, N) fp32, conv
-    (L, S, d_conv - 1, E), each slot's rows contiguous), in place; u is returned. One launch on CUDA, three
-    a layer under the interpreter, with GRID_SYNC off, or where the GPU cannot hold every program at once
-    (more programs than SMs, or a refused cooperative launch)."""
+    (L, S, d_conv - 1, E), each slot's rows contiguous), in place, then norm_f and lm_head: the logits (B, V)
+    in fp32 are returned. One launch on CUDA; three a layer and one for the head under the interpreter, with
+    GRID_SYNC off, or where the GPU cannot hold every program at once (more programs than SMs, or a refused
+    cooperative launch)."""
     cfg = model.config
     w = step_weights(model)
     (B, Dm), E, L = u.shape, cfg.d_inner, cfg.n_layer
@@ -270,33 +299,37 @@ def layers_step(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
     dev, dtype = u.device, u.dtype
     xc, z, y = (torch.empty(B, E, device=dev, dtype=dtype) for _ in range(3))
     rs = torch.empty(B, device=dev, dtype=torch.float32)
+    V = w.w_head.shape[0]
+    logits = torch.empty(B, V, device=dev, dtype=torch.float32)
     part = torch.empty(programs, B, P, device=dev, dtype=torch.float32)  # x_proj's partial sums
-    eps = _eps(model.layers[0], u)
+    eps, eps_f = _eps(model.layers[0].norm, u), _eps(model.norm_f, u)
     grid_sync = GRID_SYNC and dev.type == "cuda" and dev not in _NO_COOPERATIVE and programs <= _sm_count(dev)
     flags = torch.zeros(3 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
 
     def launch(first: int, last: int, phases: int, grid_sync: bool) -> None:
         _layers_kernel[(programs,)](
-            u, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out, ssm, ssm.stride(0),
-            ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, flags, first, last, B, Dm,
-            E, eps, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases, GRID_SYNC=grid_sync,
-            BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
+            u, w.w_in, w.conv_w, w.conv_b, w.w_x, w.w_dt, w.dt_b, w.A, w.D, w.w_out, w.w_head, ssm, ssm.stride(0),
+            ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, logits, flags, first, last,
+            B, Dm, E, V, eps, eps_f, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases,
+            GRID_SYNC=grid_sync, BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
             BLOCK_D1=_split(Dm)[0], BLOCK_D2=_split(Dm)[1], BLOCK_E1=_split(E)[0], BLOCK_E2=_split(E)[1],
-            BLOCK_PARTS=triton.next_power_of_2(programs), num_warps=NUM_WARPS,
+            BLOCK_PARTS=triton.next_power_of_2(programs), BLOCK_V=triton.next_power_of_2(triton.cdiv(V, programs)),
+            num_warps=NUM_WARPS,
             **({"launch_cooperative_grid": True} if grid_sync else {}),
         )  # fmt: skip
 
     if grid_sync:
         try:
-            launch(0, L, 7, True)
-            return u
+            launch(0, L, 15, True)
+            return logits
         except RuntimeError as e:  # the GPU cannot hold every program at once (shared under MPS, say)
             log.warning("cooperative launch refused on %s (%s): the one-row step runs phase by phase", dev, e)
             _NO_COOPERATIVE.add(dev)
     for layer in range(L):
         for phase in (1, 2, 4):
             launch(layer, layer + 1, phase, False)
-    return u
+    launch(L, L, 8, False)
+    return logits
 
 
 def _split(n: int) -> tuple[int, int]:

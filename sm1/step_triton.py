@@ -248,7 +248,7 @@ def conv_update(block: nn.Module, w: DecodeWeights, u: Tensor, xz: Tensor, conv:
     wide = triton.cdiv(B, CONV_ROWS) * triton.cdiv(E, CONV_C_WIDE) >= 2 * _sm_count(u.device)
     channels = CONV_C_WIDE if wide else CONV_C
     _conv_kernel[(triton.cdiv(B, CONV_ROWS), triton.cdiv(E, channels))](
-        u, xz, xz.stride(0), conv, slots, w.conv_w, block.mixer.conv1d.bias, xc, rs, B, Dm, E, _eps(block, u),
+        u, xz, xz.stride(0), conv, slots, w.conv_w, block.mixer.conv1d.bias, xc, rs, B, Dm, E, _eps(block.norm, u),
         K=block.mixer.cfg.d_conv, BLOCK_B=CONV_ROWS, BLOCK_C=channels, BLOCK_D=triton.next_power_of_2(Dm),
         num_warps=CONV_WARPS,
     )  # fmt: skip
@@ -302,6 +302,6 @@ def _ieee(u: Tensor) -> bool:
     return u.dtype == torch.float32 or u.device.type == "cpu"
 
 
-def _eps(block: nn.Module, u: Tensor) -> float:
-    """The block's RMSNorm epsilon (torch's default for u's dtype when it has none)."""
-    return block.norm.eps if block.norm.eps is not None else torch.finfo(u.dtype).eps
+def _eps(norm: nn.Module, u: Tensor) -> float:
+    """An RMSNorm's epsilon (torch's default for u's dtype when it has none)."""
+    return norm.eps if norm.eps is not None else torch.finfo(u.dtype).eps

@@ -103,9 +103,9 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
                 slots = torch.tensor(slots, device=dev)
                 for step, block_c in enumerate((16, 16, 8)):  # 8: 192 programs, more than most GPUs hold at once
                     step_persistent.BLOCK_C = block_c
-                    one = step_persistent.layers_step(wide, u.clone(), pool.ssm, pool.conv, slots)
+                    one = step_persistent.step_logits(wide, u.clone(), pool.ssm, pool.conv, slots)
                     step_persistent.GRID_SYNC = False
-                    phased = step_persistent.layers_step(wide, u.clone(), twin.ssm, twin.conv, slots)
+                    phased = step_persistent.step_logits(wide, u.clone(), twin.ssm, twin.conv, slots)
                     step_persistent.GRID_SYNC = True
                     assert torch.equal(one, phased) and torch.equal(pool.ssm, twin.ssm), ("barriers", len(slots), step)
                 step_persistent.BLOCK_C = 16

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > /dev/null 2>&1
+R=$OUT; export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks:$PWD/scripts:$PWD/.scratch PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > $R/gpu.txt
+git rev-parse HEAD >> $R/gpu.txt; git diff >> $R/gpu.txt
+timeout 200 python3 .scratch/s14f_probe.py $R > $R/s14f.log 2>&1; echo "probe exit $?"
+cut -c1-330 $R/s14f.log
+timeout 90 python3 -m pytest -q -x tests/model/test_step_triton.py -k cuda -p no:cacheprovider > $R/gpu-tests.log 2>&1; echo "tests exit $?"; tail -3 $R/gpu-tests.log
+timeout 120 python3 benchmarks/decode.py --models default,90m --contexts '' --batches 1 --reps 100 --out $R/decode > $R/decode.log 2>&1; echo "decode exit $?"
+grep '"fused+graphs' $R/decode.log | cut -c1-220; grep -i "bandwidth" $R/decode.log | head -2
