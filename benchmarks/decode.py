@@ -4,8 +4,8 @@ the memory floor beside it, and a GPT of the same size with a KV cache.
 SM1 paths (the engine's BatchedStep on a slot pool, so what is timed is what the server runs):
   eager          model.step, about 25 kernels a layer plus a gather and a scatter of the state rows
   eager+graphs   the same captured in a CUDA graph per power-of-two batch (CUDA)
-  fused          Triton kernels on the pool rows in place: one row, one persistent kernel for every layer
-                 (sm1/step_persistent.py); more rows, five launches a layer (sm1/step_triton.py)
+  fused          Triton kernels on the pool rows in place: one row, one persistent kernel for every layer and
+                 the head (sm1/step_persistent.py); more rows, five launches a layer (sm1/step_triton.py)
   fused+graphs   both (CUDA)
   compiled+graphs  with --compile: torch.compile of the eager step (Inductor), captured like eager+graphs
 Each path's logits are compared with the fp32 eager step of the same model (max |diff|; a bf16 model is

@@ -12,8 +12,8 @@ scatter of the sessions' state rows; at batch 1 a CUDA-graph step is nothing but
 
 in, x_proj and out are cuBLAS products (split over the channels in Triton, to run on every multiprocessor,
 x_proj and out were slower at every batch: benchmarks/RESULTS.md, 2026-12-06); conv and mixer run as (16 rows
-x channel block) Triton tiles. This is the step from 2 rows on; a single row runs every layer in one
-persistent kernel (sm1/step_persistent.py).
+x channel block) Triton tiles. This is the step from 2 rows on; a single row runs every layer and the head in
+one persistent kernel (sm1/step_persistent.py).
 
 Weights are laid out for these shapes once per version of the weights (`decode_weights`). Every elementwise
 product runs in fp32 registers whatever the model's dtype; the state stays fp32. A row whose slot is negative
