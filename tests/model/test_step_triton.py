@@ -82,6 +82,15 @@ def test_the_fused_step_matches_the_float64_eager_step(device):
             ref = ref_model.step(tokens[:n], ref_pool, slots=slots[:n])
             got = model.step(tokens[:n], pool, slots=slots[:n], fused=True)
             assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item(), ("weights", n)
+        for n in (1, 1, 20):  # the head alone (in the one-row kernel with norm_f's weight folded in), twice at one
+            # row: the first step also sees the layers changed above, the second only the head
+            with torch.no_grad():
+                for net in (model, ref_model):
+                    net.norm_f.weight.mul_(1.1)
+                    net.lm_head.weight.mul_(0.9)
+            ref = ref_model.step(tokens[:n], ref_pool, slots=slots[:n])
+            got = model.step(tokens[:n], pool, slots=slots[:n], fused=True)
+            assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item(), ("head", n)
         # in bf16 (the GPU's serving dtype) the engine's start-up check passes too, within bf16's rounding
         bf16 = SM1(SM1Config(vocab_size=443, d_model=48, n_layer=2)).eval().to(dev, torch.bfloat16)
         pool = bf16.allocate_state(5)
