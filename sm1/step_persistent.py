@@ -303,6 +303,7 @@ def step_logits(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
     logits = torch.empty(B, V, device=dev, dtype=torch.float32)
     part = torch.empty(programs, B, P, device=dev, dtype=torch.float32)  # x_proj's partial sums
     eps, eps_f = _eps(model.layers[0].norm, u), _eps(model.norm_f, u)
+    (d1, d2), (e1, e2) = _split(Dm), _split(E)
     grid_sync = GRID_SYNC and dev.type == "cuda" and dev not in _NO_COOPERATIVE and programs <= _sm_count(dev)
     flags = torch.zeros(3 * L if grid_sync else 1, triton.next_power_of_2(programs), device=dev, dtype=torch.int32)
 
@@ -312,7 +313,7 @@ def step_logits(model: nn.Module, u: Tensor, ssm: Tensor, conv: Tensor, slots: T
             ssm.stride(1), conv, conv.stride(0), conv.stride(1), slots, xc, z, rs, part, y, logits, flags, first, last,
             B, Dm, E, V, eps, eps_f, R=cfg.dt_rank, N=cfg.d_state, P=P, K=cfg.d_conv, PHASES=phases,
             GRID_SYNC=grid_sync, BLOCK_C=BLOCK_C, BLOCK_O=triton.next_power_of_2(triton.cdiv(Dm, programs)),
-            BLOCK_D1=_split(Dm)[0], BLOCK_D2=_split(Dm)[1], BLOCK_E1=_split(E)[0], BLOCK_E2=_split(E)[1],
+            BLOCK_D1=d1, BLOCK_D2=d2, BLOCK_E1=e1, BLOCK_E2=e2,
             BLOCK_PARTS=triton.next_power_of_2(programs), BLOCK_V=triton.next_power_of_2(triton.cdiv(V, programs)),
             num_warps=NUM_WARPS,
             **({"launch_cooperative_grid": True} if grid_sync else {}),
